@@ -1,0 +1,1 @@
+"""Demo app that Trainyard builds, tests and deploys (standard library only)."""

@@ -1,0 +1,56 @@
+"""`make run`: migrate, create the admin and the demo, then serve with the worker and the
+beat scheduler inside the same process."""
+
+import os
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from pipeline.services import standalone
+
+
+class Command(BaseCommand):
+    help = "Run Trainyard standalone: web, worker and scheduler in one process."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+        parser.add_argument("--no-demo", action="store_true")
+
+    def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        password = standalone.ensure_admin()
+        token = standalone.ensure_cli_token()
+        if not options["no_demo"]:
+            standalone.seed_demo()
+        url = f"http://{options['host']}:{options['port']}"
+        self._banner(url, password, token)
+        os.environ["TRAINYARD_URL"] = url
+        self._serve(options["host"], options["port"])
+
+    def _banner(self, url, password, token):
+        out = self.stdout
+        out.write(self.style.SUCCESS(f"Trainyard is starting at {url}"))
+        out.write(f"  radiator:  {url}/radiators/demo/")
+        out.write(f"  admin:     {url}/admin/")
+        if password:
+            out.write(self.style.WARNING(
+                f"  admin login (shown once, kept in {standalone.credentials_path()}):"
+                f" admin / {password}"))
+        else:
+            out.write(f"  admin login: see {standalone.credentials_path()}")
+        out.write(f"  CLI token: {token}")
+        out.write("  try, in a second terminal: .venv/bin/python manage.py bb demo feature/hello --wait")
+
+    def _serve(self, host, port):
+        import uvicorn
+
+        from pipeline.celery import app
+        from pipeline.embedded import start_beat, start_worker
+
+        if settings.TRAINYARD["EMBEDDED_WORKER"]:
+            start_worker(app)
+            start_beat(app)
+        uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
+                    lifespan="off")

@@ -1,0 +1,324 @@
+"""Repositories, commits, pull requests, builds, jobs and the event log."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+SHA_REGEX = r"^[0-9a-f]{40}$"
+
+
+class Repository(models.Model):
+    class Provider(models.TextChoices):
+        LOCAL = "local", "Local git"
+        GITHUB = "github", "GitHub"
+
+    name = models.SlugField(max_length=100, unique=True)
+    clone_url = models.CharField(
+        max_length=500, help_text="A path to a local git repository, or a URL git can clone."
+    )
+    default_branch = models.CharField(max_length=200, default="master")
+    spec_path = models.CharField(max_length=200, default="trainyard.yml")
+    provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.LOCAL)
+    lgtms_required = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "repositories"
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("pipeline:repository", args=[self.name])
+
+
+class Commit(models.Model):
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="commits")
+    sha = models.CharField(max_length=40)
+    author_name = models.CharField(max_length=200, blank=True)
+    author_email = models.CharField(max_length=254, blank=True)
+    message = models.TextField(blank=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
+    is_revert = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "sha"], name="commit_unique_sha"),
+            models.CheckConstraint(condition=Q(sha__regex=SHA_REGEX), name="commit_sha_hex"),
+        ]
+
+    def __str__(self):
+        return self.sha[:10]
+
+    @property
+    def subject(self):
+        return self.message.splitlines()[0] if self.message else ""
+
+
+class PullRequest(models.Model):
+    class State(models.TextChoices):
+        OPEN = "open"
+        MERGED = "merged"
+        CLOSED = "closed"
+
+    repository = models.ForeignKey(
+        Repository, on_delete=models.CASCADE, related_name="pull_requests"
+    )
+    number = models.PositiveIntegerField()
+    title = models.CharField(max_length=300)
+    author_name = models.CharField(max_length=200, blank=True)
+    branch = models.CharField(max_length=255)
+    head_sha = models.CharField(max_length=40, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "number"], name="pr_unique_number"),
+        ]
+
+    def __str__(self):
+        return f"{self.repository.name}#{self.number}"
+
+
+class BuildQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=Build.ACTIVE)
+
+    def ended(self):
+        return self.filter(status__in=Build.ENDED)
+
+
+class RunStatus(models.TextChoices):
+    """Statuses shared by builds and their jobs."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class Build(models.Model):
+    class Kind(models.TextChoices):
+        BRANCH = "branch"
+        MASTER = "master"
+        TRAIN = "train"
+
+    Status = RunStatus
+
+    TRANSITIONS = {
+        Status.QUEUED: {Status.RUNNING, Status.ERROR, Status.CANCELLED},
+        Status.RUNNING: {Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED},
+    }
+    ACTIVE = {Status.QUEUED, Status.RUNNING}
+    ENDED = {Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED}
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="builds")
+    commit = models.ForeignKey(Commit, on_delete=models.PROTECT, related_name="builds")
+    sha = models.CharField(max_length=40)
+    branch = models.CharField(max_length=255)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.BRANCH)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    message = models.TextField(blank=True, help_text="Why the build ended as it did.")
+    spec = models.JSONField(
+        null=True, blank=True, help_text="The pipeline spec as read when the build started."
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    requested_via = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BuildQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=RunStatus.values), name="build_status_valid"
+            ),
+            # Two requests for the same SHA share one run instead of racing.
+            models.UniqueConstraint(
+                fields=["repository", "sha", "kind"],
+                condition=Q(status__in=["queued", "running"]),
+                name="build_one_active_per_sha",
+            ),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.branch}@{self.sha[:10]}"
+
+    def get_absolute_url(self):
+        return reverse("pipeline:build", args=[self.pk])
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class JobQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=Job.ACTIVE)
+
+
+class Job(models.Model):
+    Status = RunStatus
+    TRANSITIONS = {
+        Status.QUEUED: {Status.RUNNING, Status.ERROR, Status.CANCELLED},
+        Status.RUNNING: {Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED},
+    }
+    ACTIVE = Build.ACTIVE
+    ENDED = Build.ENDED
+
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=100)
+    stage = models.CharField(max_length=20, default="checks")
+    command = models.JSONField(help_text="The argument list as written in the spec.")
+    junit_path = models.CharField(max_length=300, blank=True)
+    timeout = models.PositiveIntegerField(help_text="Seconds before the job is killed.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    exit_code = models.IntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    output_bytes = models.PositiveBigIntegerField(default=0)
+    output_truncated = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["build_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["build", "name"], name="job_unique_name"),
+            models.CheckConstraint(
+                condition=Q(status__in=RunStatus.values), name="job_status_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.build_id}/{self.name}"
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
+    def command_display(self):
+        import shlex
+
+        return shlex.join(self.command)
+
+
+class LogChunk(models.Model):
+    """Job output, stored in ordered chunks as it arrives (readable while the job runs)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="logchunk_unique_seq")]
+
+    def __str__(self):
+        return f"{self.job_id}:{self.seq}"
+
+
+class TestResult(models.Model):
+    class Outcome(models.TextChoices):
+        PASSED = "passed"
+        FAILED = "failed"
+        ERROR = "error"
+        SKIPPED = "skipped"
+
+    __test__ = False  # not a pytest test class
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="test_results")
+    suite = models.CharField(max_length=300, blank=True)
+    classname = models.CharField(max_length=300, blank=True)
+    name = models.CharField(max_length=500)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    duration = models.FloatField(default=0)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job_id", "id"]
+
+    def __str__(self):
+        return f"{self.outcome} {self.classname}::{self.name}"
+
+
+class Event(models.Model):
+    """Append-only log of everything that happened: radiators and audit read it."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=50)
+    repository = models.ForeignKey(
+        Repository, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    build = models.ForeignKey(
+        Build, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    old = models.CharField(max_length=30, blank=True)
+    new = models.CharField(max_length=30, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    message = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.kind} {self.old}->{self.new}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the HTTP API (command line, scripts). Only its hash is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash(raw):
+        import hashlib
+
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name):
+        """Create a token; the raw key is returned once and never stored."""
+        import secrets
+
+        raw = "ty_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, key_hash=cls.hash(raw), prefix=raw[:8])
+        return token, raw

@@ -1,0 +1,40 @@
+"""Plain dicts for the API and the pages' live updates."""
+
+
+def _time(value):
+    return value.isoformat() if value else None
+
+
+def job_to_dict(job):
+    return {
+        "id": job.pk,
+        "name": job.name,
+        "stage": job.stage,
+        "command": job.command_display,
+        "status": job.status,
+        "exit_code": job.exit_code,
+        "message": job.message,
+        "output_bytes": job.output_bytes,
+        "output_truncated": job.output_truncated,
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "duration": job.duration.total_seconds() if job.duration else None,
+    }
+
+
+def build_to_dict(build, jobs=None):
+    return {
+        "id": build.pk,
+        "repository": build.repository.name,
+        "branch": build.branch,
+        "sha": build.sha,
+        "kind": build.kind,
+        "status": build.status,
+        "message": build.message,
+        "requested_by": build.requested_by.get_username() if build.requested_by_id else None,
+        "created_at": _time(build.created_at),
+        "started_at": _time(build.started_at),
+        "finished_at": _time(build.finished_at),
+        "url": build.get_absolute_url(),
+        "jobs": [job_to_dict(job) for job in (jobs if jobs is not None else build.jobs.all())],
+    }

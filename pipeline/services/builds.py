@@ -1,0 +1,163 @@
+"""Builds: request one for a branch, start it, and end it when its jobs are done."""
+
+import logging
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from pipeline.models import Build, Commit, Job
+from pipeline.services import git
+from pipeline.services.events import record_event
+from pipeline.spec import SpecError, parse_spec
+from pipeline.statemachine import transition
+
+logger = logging.getLogger(__name__)
+
+
+class BuildRequestError(ValueError):
+    """The request cannot become a build; the message says why, for the person asking."""
+
+
+def record_commit(repository, sha):
+    commit = Commit.objects.filter(repository=repository, sha=sha).first()
+    if commit:
+        return commit
+    info = git.commit_info(repository, sha)
+    message = info["message"]
+    commit, _ = Commit.objects.get_or_create(
+        repository=repository,
+        sha=sha,
+        defaults={
+            "author_name": info["author_name"][:200],
+            "author_email": info["author_email"][:254],
+            "committed_at": parse_datetime(info["committed_at"]),
+            "message": message,
+            "is_revert": message.startswith("Revert "),
+        },
+    )
+    return commit
+
+
+def request_build(repository, branch, *, user=None, via="web"):
+    """Queue a build of `branch`'s head. Returns (build, created).
+
+    A build of the same SHA that is already queued or running is returned instead of
+    starting a second one.
+    """
+    try:
+        sha = git.resolve_branch(repository, branch)
+        commit = record_commit(repository, sha)
+    except git.InvalidRef as exc:
+        raise BuildRequestError(str(exc)) from exc
+    except git.GitError as exc:
+        raise BuildRequestError(f"cannot read {repository.name}: {exc}") from exc
+    existing = Build.objects.active().filter(repository=repository, sha=sha, kind=Build.Kind.BRANCH)
+    if found := existing.first():
+        return found, False
+    try:
+        with transaction.atomic():
+            build = Build.objects.create(
+                repository=repository, commit=commit, sha=sha, branch=branch,
+                kind=Build.Kind.BRANCH, requested_by=user if user and user.pk else None,
+                requested_via=via,
+            )
+            who = user.get_username() if user and user.pk else "someone"
+            record_event("build.requested", subject=build, new=Build.Status.QUEUED, actor=user,
+                         message=f"{who} asked to build {branch} at {sha[:10]}")
+            transaction.on_commit(lambda: _enqueue_build(build.pk))
+    except IntegrityError:
+        # Another request for this SHA won the race: share its build.
+        return existing.get(), False
+    return build, True
+
+
+def _enqueue_build(build_id):
+    from pipeline.tasks import run_build
+
+    run_build.delay(build_id)
+
+
+def _enqueue_jobs(job_ids):
+    from pipeline.tasks import run_job
+
+    for job_id in job_ids:
+        run_job.delay(job_id)
+
+
+def workspace_for(build):
+    return Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "builds" / str(build.pk)
+
+
+def start_build(build_id):
+    """Claim a queued build, read its spec, check it out and queue one job per check."""
+    build = Build.objects.select_related("repository").filter(pk=build_id).first()
+    if build is None or not transition(build, Build.Status.RUNNING, started_at=timezone.now()):
+        return None
+    try:
+        spec = _read_spec(build)
+        git.checkout(build.repository, build.sha, workspace_for(build))
+    except (SpecError, git.GitError, git.InvalidRef) as exc:
+        end_build(build, Build.Status.ERROR, str(exc))
+        return build
+    with transaction.atomic():
+        Build.objects.filter(pk=build.pk).update(spec=spec.to_dict())
+        jobs = [
+            Job.objects.create(build=build, name=name, command=check.argv, junit_path=check.junit,
+                               timeout=check.timeout or settings.TRAINYARD["CHECK_TIMEOUT"])
+            for name, check in spec.checks.items()
+        ]
+        job_ids = [job.pk for job in jobs]
+        transaction.on_commit(lambda: _enqueue_jobs(job_ids))
+    return build
+
+
+def _read_spec(build):
+    path = build.repository.spec_path
+    text = git.read_file(build.repository, build.sha, path)
+    if text is None:
+        raise SpecError(f"there is no {path} at {build.sha[:10]}")
+    return parse_spec(text)
+
+
+def finish_build_if_done(build_id):
+    """End a running build once none of its jobs is active. Safe to call from every job."""
+    build = Build.objects.filter(pk=build_id).first()
+    if build is None:
+        return False
+    statuses = set(build.jobs.values_list("status", flat=True))
+    if not statuses or statuses & Job.ACTIVE:
+        return False
+    if Job.Status.ERROR in statuses:
+        outcome, message = Build.Status.ERROR, "a job could not run"
+    elif Job.Status.FAILED in statuses:
+        failed = build.jobs.filter(status=Job.Status.FAILED).values_list("name", flat=True)
+        outcome, message = Build.Status.FAILED, f"failed: {', '.join(failed)}"
+    elif Job.Status.CANCELLED in statuses:
+        outcome, message = Build.Status.CANCELLED, "cancelled"
+    else:
+        outcome, message = Build.Status.PASSED, "all checks passed"
+    return end_build(build, outcome, message)
+
+
+def end_build(build, outcome, message):
+    ended = transition(build, outcome, finished_at=timezone.now(), message=message)
+    if ended:
+        transaction.on_commit(prune_workspaces)
+    return ended
+
+
+def prune_workspaces():
+    """Keep the workspaces of active builds and of the most recent ended ones."""
+    keep = settings.TRAINYARD["KEEP_WORKSPACES"]
+    root = Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "builds"
+    if not root.exists():
+        return
+    keep_ids = set(Build.objects.active().values_list("pk", flat=True))
+    keep_ids |= set(Build.objects.ended().values_list("pk", flat=True)[:keep])
+    for path in root.iterdir():
+        if path.name.isdigit() and int(path.name) not in keep_ids:
+            shutil.rmtree(path, ignore_errors=True)

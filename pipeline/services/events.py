@@ -1,0 +1,37 @@
+"""Append an Event and publish it to the radiators once the transaction commits."""
+
+from functools import partial
+
+from django.db import transaction
+
+
+def _scope(subject):
+    """Repository / build / job foreign keys for whatever the event is about."""
+    from pipeline.models import Build, Job, Repository
+
+    if isinstance(subject, Job):
+        build = subject.build
+        return {"repository_id": build.repository_id, "build_id": build.pk, "job_id": subject.pk}
+    if isinstance(subject, Build):
+        return {"repository_id": subject.repository_id, "build_id": subject.pk}
+    if isinstance(subject, Repository):
+        return {"repository_id": subject.pk}
+    scope = getattr(subject, "event_scope", None)
+    return scope() if callable(scope) else {}
+
+
+def record_event(kind, *, subject=None, old="", new="", actor=None, message="", data=None):
+    from pipeline.models import Event
+    from radiators.events import publish
+
+    event = Event.objects.create(
+        kind=kind,
+        old=old or "",
+        new=new or "",
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        message=message,
+        data=data or {},
+        **_scope(subject),
+    )
+    transaction.on_commit(partial(publish, event.pk))
+    return event

@@ -1,0 +1,59 @@
+"""First-run setup for the standalone mode: an admin account, its API token, the demo."""
+
+import secrets
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from pipeline.models import ApiToken, Repository
+
+ADMIN_USERNAME = "admin"
+
+
+def _write_private(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def credentials_path():
+    return Path(settings.VAR_DIR) / "admin-credentials.txt"
+
+
+def token_path():
+    return Path(settings.VAR_DIR) / "api-token"
+
+
+def ensure_admin():
+    """Create the admin once. Returns the new password, or None if it already existed."""
+    User = get_user_model()
+    if User.objects.filter(username=ADMIN_USERNAME).exists():
+        return None
+    password = secrets.token_urlsafe(12)
+    User.objects.create_superuser(ADMIN_USERNAME, "admin@localhost", password)
+    _write_private(credentials_path(), f"username: {ADMIN_USERNAME}\npassword: {password}\n")
+    return password
+
+
+def ensure_cli_token():
+    """The token `manage.py bb` uses against the local server, kept in var/api-token."""
+    path = token_path()
+    if path.exists() and ApiToken.objects.filter(key_hash=ApiToken.hash(path.read_text().strip())):
+        return path
+    admin = get_user_model().objects.get(username=ADMIN_USERNAME)
+    _, raw = ApiToken.issue(admin, "standalone command line")
+    _write_private(path, raw + "\n")
+    return path
+
+
+def seed_demo():
+    """The demo app as a real git repository under var/, registered as `demo`."""
+    from pipeline.demo import create_demo_repository
+
+    path = create_demo_repository(Path(settings.VAR_DIR) / "demo-repo")
+    repository, _ = Repository.objects.update_or_create(
+        name="demo", defaults={"clone_url": str(path), "default_branch": "master"}
+    )
+    return repository

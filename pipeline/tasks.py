@@ -1,0 +1,22 @@
+"""Celery tasks: take a primary key, call one service. Running one twice is harmless:
+each service claims its row with a status transition first."""
+
+from celery import shared_task
+
+from pipeline.services import builds, jobs, reaper
+
+
+@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
+def run_build(build_id):
+    builds.start_build(build_id)
+
+
+# The job's own timeout is enforced by the transport; the Celery limit is a backstop.
+@shared_task(acks_late=True, time_limit=25 * 3600)
+def run_job(job_id):
+    jobs.run_job(job_id)
+
+
+@shared_task(time_limit=120)
+def reap_stuck_runs():
+    reaper.reap_stuck_runs()

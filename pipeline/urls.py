@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from pipeline import api, views
+
+app_name = "pipeline"
+
+pipeline_patterns = [
+    path("", views.home, name="home"),
+    path("repos/<slug:name>/", views.repository, name="repository"),
+    path("repos/<slug:name>/build", views.request_build, name="request_build"),
+    path("builds/<int:build_id>/", views.build, name="build"),
+    path("api/repos/<slug:repository>/builds", api.build_collection, name="api_builds"),
+    path("api/repos/<slug:repository>/commands", api.command, name="api_command"),
+    path("api/builds/<int:build_id>", api.build_detail, name="api_build"),
+    path("api/jobs/<int:job_id>/log", api.job_log, name="api_job_log"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("radiators/", include("radiators.urls")),
+    path("", include((pipeline_patterns, "pipeline"))),
+]

@@ -1,0 +1,50 @@
+"""Web pages. Thin: read models for display; mutations are POSTs through chat-ops."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from pipeline import chatops, permissions
+from pipeline.models import Build, Repository
+from pipeline.services import git
+
+
+def home(request):
+    return render(request, "pipeline/home.html", {
+        "repositories": Repository.objects.all(),
+        "builds": Build.objects.select_related("repository", "requested_by")[:20],
+    })
+
+
+def repository(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    return render(request, "pipeline/repository.html", {
+        "repository": repo,
+        "builds": repo.builds.select_related("requested_by").prefetch_related("jobs")[:30],
+        "branches": git.known_branches(repo),
+        "can_build": permissions.can(request.user, "build"),
+    })
+
+
+@login_required
+@require_POST
+def request_build(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    branch = request.POST.get("branch", "").strip()
+    try:
+        outcome = chatops.run(repo, "bb", [branch], user=request.user, via="web")
+    except (chatops.CommandError, PermissionDenied) as exc:
+        messages.error(request, str(exc))
+        return redirect(repo)
+    messages.success(request, outcome.message)
+    return redirect(outcome.build)
+
+
+def build(request, build_id):
+    item = get_object_or_404(
+        Build.objects.select_related("repository", "commit", "requested_by"), pk=build_id
+    )
+    jobs = item.jobs.prefetch_related("log_chunks", "test_results")
+    return render(request, "pipeline/build.html", {"build": item, "jobs": jobs})

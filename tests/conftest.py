@@ -1,0 +1,146 @@
+"""Shared fixtures: people, real git repositories, an in-process Celery worker, servers.
+
+With TRAINYARD_TEST_SERVICES=1 (set by .ci/run) the suite insists on PostgreSQL and
+Redis and stops at once if either is missing.
+"""
+
+import os
+import shutil
+import threading
+
+import pytest
+
+from tests.factories import RepositoryFactory, UserFactory
+from tests.helpers import FAST_SPEC, GitRepo, free_port, require, wait_until
+
+QUEUES = ["default", "checks", "deploys"]
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("TRAINYARD_TEST_SERVICES") != "1":
+        return
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        pytest.exit(f"TRAINYARD_TEST_SERVICES=1 but the database is {engine}", returncode=3)
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=3)
+        client.ping()
+        client.flushdb()  # a dedicated database: no queued task of an earlier run survives
+    except redis.RedisError as exc:
+        pytest.exit(f"TRAINYARD_TEST_SERVICES=1 but Redis does not answer: {exc}", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_workspaces(settings, tmp_path):
+    settings.TRAINYARD = {**settings.TRAINYARD, "WORKSPACE_DIR": tmp_path / "workspaces",
+                          "CHECK_TIMEOUT": 120}
+
+
+# People -------------------------------------------------------------------------------
+
+@pytest.fixture
+def developer(db):
+    """A team member who may build branches."""
+    return UserFactory(username="dev", perms=["pipeline.add_build"])
+
+
+@pytest.fixture
+def viewer(db):
+    """Logged in, but may not change anything."""
+    return UserFactory(username="viewer")
+
+
+@pytest.fixture
+def admin_user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-boss-123")
+
+
+# Repositories -------------------------------------------------------------------------
+
+@pytest.fixture
+def git_repo(tmp_path):
+    """A real git repository with a fast passing spec on master."""
+    repo = GitRepo(tmp_path / "origin")
+    repo.commit({"trainyard.yml": FAST_SPEC, "README": "hello\n"}, message="Initial commit")
+    return repo
+
+
+@pytest.fixture
+def repository(db, git_repo):
+    return RepositoryFactory(name="app", clone_url=str(git_repo.path))
+
+
+# Celery -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def _celery_worker(django_db_setup):
+    from celery.contrib.testing.worker import start_worker
+
+    from pipeline.celery import app
+
+    with start_worker(app, pool="threads", concurrency=6, perform_ping_check=False,
+                      queues=QUEUES, shutdown_timeout=30, loglevel="WARNING") as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker(transactional_db, _celery_worker):
+    """A real Celery worker (threads) consuming from the configured broker."""
+    return _celery_worker
+
+
+# Servers ------------------------------------------------------------------------------
+
+class ThreadedUvicorn:
+    def __init__(self, app_path, port):
+        import uvicorn
+
+        config = uvicorn.Config(app_path, host="127.0.0.1", port=port, lifespan="off",
+                                log_level="warning", ws="websockets")
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=20, message="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup):
+    """Trainyard's ASGI app (HTTP + websockets) served by uvicorn in a thread."""
+    with ThreadedUvicorn("pipeline.asgi:application", free_port()) as server:
+        yield server
+
+
+# Browser ------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    require(os.path.exists(CHROMIUM), "Debian's chromium (apt-get install chromium)")
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1920, "height": 1080}}
