@@ -32,7 +32,9 @@ def start_worker(app, concurrency=8):
 
 
 def start_beat(app):
-    beat = EmbeddedService(app, thread=True)
+    # EmbeddedService ignores beat_scheduler unless told: without this it would keep a
+    # schedule file in the working directory instead of django-celery-beat's tables.
+    beat = EmbeddedService(app, thread=True, scheduler_cls=app.conf.beat_scheduler)
     beat.start()
     logger.info("embedded Celery beat started")
     return beat

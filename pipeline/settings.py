@@ -179,6 +179,8 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing root
 
 LOGIN_URL = "admin:login"
 LOGIN_REDIRECT_URL = "/"

@@ -201,8 +201,10 @@ def parse_spec(text):
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise SpecError(f"not valid YAML: {exc.problem}", line=line) from exc
+        # The context mark is where the broken construct began: the line a person fixes.
+        mark = exc.context_mark or exc.problem_mark
+        problem = f"{exc.problem}" + (f" {exc.context}" if exc.context else "")
+        raise SpecError(f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}") from exc
     if root is None:

@@ -3,6 +3,7 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -46,5 +47,6 @@ def build(request, build_id):
     item = get_object_or_404(
         Build.objects.select_related("repository", "commit", "requested_by"), pk=build_id
     )
-    jobs = item.jobs.prefetch_related("log_chunks", "test_results")
+    jobs = item.jobs.annotate(last_seq=Max("log_chunks__seq")).prefetch_related(
+        "log_chunks", "test_results")
     return render(request, "pipeline/build.html", {"build": item, "jobs": jobs})

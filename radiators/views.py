@@ -1,7 +1,15 @@
-"""Wall pages: a server-rendered snapshot; the websocket carries changes."""
+"""Wall pages: a server-rendered snapshot; the websocket carries changes.
+
+Read-only and open to anonymous viewers (wall screens). The page and `snapshot.json`
+show the same recent builds; the page's script re-renders from the snapshot whenever
+an event names something it does not show yet, and after every reconnect.
+"""
 
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
 
 from pipeline.models import Repository
 from pipeline.serializers import build_to_dict
@@ -10,18 +18,26 @@ RECENT_BUILDS = 12
 
 
 def _recent_builds(repository):
-    return (repository.builds.select_related("repository", "requested_by")
-            .prefetch_related("jobs")[:RECENT_BUILDS])
+    return list(repository.builds.select_related("repository", "requested_by")
+                .prefetch_related("jobs")[:RECENT_BUILDS])
 
 
+@require_safe
+@never_cache
 def radiator(request, name):
     repository = get_object_or_404(Repository, name=name)
     return render(request, "radiators/radiator.html", {
-        "repository": repository, "builds": _recent_builds(repository),
+        "repository": repository, "builds": _recent_builds(repository), "now": timezone.now(),
     })
 
 
+@require_safe
+@never_cache
 def snapshot(request, name):
     repository = get_object_or_404(Repository, name=name)
     builds = [build_to_dict(b, jobs=list(b.jobs.all())) for b in _recent_builds(repository)]
-    return JsonResponse({"repository": repository.name, "builds": builds})
+    return JsonResponse({
+        "repository": repository.name,
+        "now": timezone.now().isoformat(),
+        "builds": builds,
+    })
