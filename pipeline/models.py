@@ -84,6 +84,22 @@ class PullRequest(models.Model):
     def __str__(self):
         return f"{self.repository.name}#{self.number}"
 
+    def get_absolute_url(self):
+        return reverse("pipeline:pull_request", args=[self.repository.name, self.number])
+
+    @property
+    def latest_build(self):
+        return (Build.objects.filter(repository_id=self.repository_id, branch=self.branch,
+                                     kind=Build.Kind.BRANCH).order_by("-id").first())
+
+    @property
+    def good_to_merge(self):
+        """True only when the latest build of the branch passed (checks, deploy, smoke) on
+        the pull request's current head: a new push turns it false until a green build."""
+        build = self.latest_build
+        return bool(self.state == self.State.OPEN and build and build.sha == self.head_sha
+                    and build.status == Build.Status.PASSED)
+
 
 class BuildQuerySet(models.QuerySet):
     def active(self):
@@ -126,6 +142,8 @@ class Build(models.Model):
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.BRANCH)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     message = models.TextField(blank=True, help_text="Why the build ended as it did.")
+    deploy_url = models.CharField(max_length=500, blank=True,
+                                  help_text="Where the build runs, once deployed to a node.")
     spec = models.JSONField(
         null=True, blank=True, help_text="The pipeline spec as read when the build started."
     )
@@ -278,6 +296,9 @@ class Event(models.Model):
     )
     job = models.ForeignKey(
         Job, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    node = models.ForeignKey(
+        "nodes.Node", null=True, blank=True, on_delete=models.CASCADE, related_name="events"
     )
     old = models.CharField(max_length=30, blank=True)
     new = models.CharField(max_length=30, blank=True)

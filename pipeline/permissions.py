@@ -9,6 +9,8 @@ from django.core.exceptions import PermissionDenied
 # action -> the Django permission that grants it.
 ACTIONS = {
     "build": "pipeline.add_build",
+    "open_pull_request": "pipeline.add_pullrequest",
+    "close_pull_request": "pipeline.change_pullrequest",
 }
 
 

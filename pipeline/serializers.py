@@ -36,5 +36,6 @@ def build_to_dict(build, jobs=None):
         "started_at": _time(build.started_at),
         "finished_at": _time(build.finished_at),
         "url": build.get_absolute_url(),
+        "deploy_url": build.deploy_url,
         "jobs": [job_to_dict(job) for job in (jobs if jobs is not None else build.jobs.all())],
     }

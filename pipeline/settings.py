@@ -230,6 +230,11 @@ TRAINYARD = {
     "GIT_TIMEOUT": env_int("TRAINYARD_GIT_TIMEOUT", 120),
     "EMBEDDED_WORKER": env_bool("TRAINYARD_EMBEDDED_WORKER", not PRODUCTION),
     "KEEP_WORKSPACES": env_int("TRAINYARD_KEEP_WORKSPACES", 20),
+    # The private key Trainyard logs in to SSH nodes with (its path; never the key itself).
+    "SSH_KEY_FILE": env_str("TRAINYARD_SSH_KEY_FILE"),
+    "DEPLOY_TIMEOUT": env_int("TRAINYARD_DEPLOY_TIMEOUT", 10 * 60),
+    "NODE_BASE_DIR": Path(env_str("TRAINYARD_NODE_DIR", str(VAR_DIR / "nodes"))),
+    "NODE_FIRST_PORT": env_int("TRAINYARD_NODE_FIRST_PORT", 9101),
 }
 
 if PRODUCTION:
@@ -254,4 +259,9 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "reap-stuck-runs": {"task": "pipeline.tasks.reap_stuck_runs", "schedule": 60.0},
+    # Backstop: nodes are normally handed on the moment a build releases one.
+    "dispatch-waiting-deploys": {"task": "pipeline.tasks.dispatch_waiting_deploys",
+                                 "schedule": 15.0},
+    "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": 30.0},
+    "sync-pull-requests": {"task": "pipeline.tasks.sync_pull_requests", "schedule": 30.0},
 }

@@ -20,3 +20,17 @@ def run_job(job_id):
 @shared_task(time_limit=120)
 def reap_stuck_runs():
     reaper.reap_stuck_runs()
+
+
+@shared_task(time_limit=60)
+def dispatch_waiting_deploys():
+    builds.dispatch_waiting_deploys()
+
+
+@shared_task(time_limit=300)
+def sync_pull_requests():
+    from pipeline.models import Repository
+    from pipeline.services.pulls import sync_pull_requests as sync
+
+    for repository in Repository.objects.filter(provider="local"):
+        sync(repository)

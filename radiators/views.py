@@ -27,7 +27,8 @@ def _recent_builds(repository):
 def radiator(request, name):
     repository = get_object_or_404(Repository, name=name)
     return render(request, "radiators/radiator.html", {
-        "repository": repository, "builds": _recent_builds(repository), "now": timezone.now(),
+        "repository": repository, "builds": _recent_builds(repository),
+        "now": timezone.now(), "limit": RECENT_BUILDS,
     })
 
 

@@ -55,6 +55,9 @@ def request_build(repository, branch, *, user=None, via="web"):
         raise BuildRequestError(str(exc)) from exc
     except git.GitError as exc:
         raise BuildRequestError(f"cannot read {repository.name}: {exc}") from exc
+    from pipeline.services.pulls import record_push
+
+    record_push(repository, branch, sha)
     existing = Build.objects.active().filter(repository=repository, sha=sha, kind=Build.Kind.BRANCH)
     if found := existing.first():
         return found, False
@@ -105,14 +108,47 @@ def start_build(build_id):
         return build
     with transaction.atomic():
         Build.objects.filter(pk=build.pk).update(spec=spec.to_dict())
-        jobs = [
-            Job.objects.create(build=build, name=name, command=check.argv, junit_path=check.junit,
-                               timeout=check.timeout or settings.TRAINYARD["CHECK_TIMEOUT"])
-            for name, check in spec.checks.items()
-        ]
-        job_ids = [job.pk for job in jobs]
-        transaction.on_commit(lambda: _enqueue_jobs(job_ids))
+        build.spec = spec.to_dict()
+        _queue_stage(build, Stage.CHECKS, spec)
     return build
+
+
+class Stage:
+    CHECKS = "checks"
+    DEPLOY = "deploy"
+    SMOKE = "smoke"
+
+
+def _stage_jobs(build, stage, spec):
+    """(name, argv, junit, timeout) for each job of a stage."""
+    default_timeout = settings.TRAINYARD["CHECK_TIMEOUT"]
+    if stage == Stage.CHECKS:
+        return [(name, c.argv, c.junit, c.timeout or default_timeout)
+                for name, c in spec.checks.items()]
+    if stage == Stage.DEPLOY:
+        return [("deploy", [], "", settings.TRAINYARD["DEPLOY_TIMEOUT"])]
+    return [("smoke", spec.smoke.argv, spec.smoke.junit, spec.smoke.timeout or default_timeout)]
+
+
+def _queue_stage(build, stage, spec):
+    jobs = [Job.objects.create(build=build, name=name, stage=stage, command=argv,
+                               junit_path=junit, timeout=timeout)
+            for name, argv, junit, timeout in _stage_jobs(build, stage, spec)]
+    job_ids = [job.pk for job in jobs]
+    transaction.on_commit(lambda: _enqueue_jobs(job_ids))
+
+
+def _next_stage(build, done, spec):
+    """Branch builds go on to a branch node and its smoke tests when the spec says how."""
+    from nodes.services.allocation import has_branch_pool
+
+    if build.kind != Build.Kind.BRANCH:
+        return None
+    if Stage.DEPLOY not in done and Stage.SMOKE not in done:
+        return Stage.DEPLOY if spec.deploy and has_branch_pool() else None
+    if Stage.SMOKE not in done and Stage.DEPLOY in done and spec.smoke:
+        return Stage.SMOKE
+    return None
 
 
 def _read_spec(build):
@@ -124,13 +160,30 @@ def _read_spec(build):
 
 
 def finish_build_if_done(build_id):
-    """End a running build once none of its jobs is active. Safe to call from every job."""
-    build = Build.objects.filter(pk=build_id).first()
+    """Once none of a build's jobs is active: queue its next stage, or end it.
+
+    Safe to call from every job: the unique job name per build lets one caller queue a
+    stage, and the status transition lets one caller end the build.
+    """
+    build = Build.objects.filter(pk=build_id, status=Build.Status.RUNNING).first()
     if build is None:
         return False
-    statuses = set(build.jobs.values_list("status", flat=True))
+    rows = list(build.jobs.values_list("stage", "status"))
+    statuses = {status for _, status in rows}
     if not statuses or statuses & Job.ACTIVE:
         return False
+    if statuses == {Job.Status.PASSED} and build.spec:
+        from pipeline.spec import Spec
+
+        spec = Spec.from_dict(build.spec)
+        stage = _next_stage(build, {s for s, _ in rows}, spec)
+        if stage:
+            try:
+                with transaction.atomic():
+                    _queue_stage(build, stage, spec)
+            except IntegrityError:
+                pass  # another finishing job queued it
+            return False
     if Job.Status.ERROR in statuses:
         outcome, message = Build.Status.ERROR, "a job could not run"
     elif Job.Status.FAILED in statuses:
@@ -146,8 +199,20 @@ def finish_build_if_done(build_id):
 def end_build(build, outcome, message):
     ended = transition(build, outcome, finished_at=timezone.now(), message=message)
     if ended:
+        from nodes.services.allocation import release_node
+
+        release_node(build)
         transaction.on_commit(prune_workspaces)
+        transaction.on_commit(dispatch_waiting_deploys)
     return ended
+
+
+def dispatch_waiting_deploys():
+    """Give the oldest builds waiting for a branch node another try (a node may be free)."""
+    waiting = (Job.objects.filter(stage=Stage.DEPLOY, status=Job.Status.QUEUED,
+                                  build__status=Build.Status.RUNNING)
+               .order_by("build_id").values_list("pk", flat=True))
+    _enqueue_jobs(list(waiting))
 
 
 def prune_workspaces():

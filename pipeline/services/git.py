@@ -102,15 +102,8 @@ def update_mirror(repository):
 def resolve_branch(repository, branch):
     """The head SHA of `branch`, fetched fresh. Raises InvalidRef if there is no such branch."""
     validate_branch(branch)
-    path = update_mirror(repository)
-    proc = run_git(
-        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"refs/heads/{branch}^{{commit}}"],
-        cwd=path,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise InvalidRef(f"branch {branch!r} does not exist in {repository.name}")
-    return proc.stdout.decode().strip()
+    update_mirror(repository)
+    return resolve_branch_cached(repository, branch)
 
 
 def read_file(repository, sha, relpath):
@@ -150,3 +143,13 @@ def known_branches(repository, limit=200):
     proc = run_git(["for-each-ref", "--sort=-committerdate", f"--count={limit}",
                     "--format=%(refname:lstrip=2)", "refs/heads/"], cwd=path, check=False)
     return proc.stdout.decode("utf-8", "replace").split() if proc.returncode == 0 else []
+
+
+def resolve_branch_cached(repository, branch):
+    """Like resolve_branch, without fetching (the caller just did)."""
+    validate_branch(branch)
+    proc = run_git(["rev-parse", "--verify", "--quiet", "--end-of-options",
+                    f"refs/heads/{branch}^{{commit}}"], cwd=mirror_path(repository), check=False)
+    if proc.returncode != 0:
+        raise InvalidRef(f"branch {branch!r} does not exist in {repository.name}")
+    return proc.stdout.decode().strip()

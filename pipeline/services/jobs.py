@@ -80,15 +80,67 @@ class LogWriter:
         self.buffer, self.size = [], 0
 
 
+WAITING_FOR_NODE = "waiting for a branch node"
+
+
 def run_job(job_id):
-    """Claim a queued job, run its command, store the outcome, maybe end the build."""
+    """Claim a queued job, run it, store the outcome, move the build on."""
     job = Job.objects.select_related("build__repository").filter(pk=job_id).first()
-    if job is None or not transition(job, Job.Status.RUNNING, started_at=timezone.now()):
+    if job is None:
         return None
+    if job.stage == "deploy":
+        return run_deploy_job(job)
+    if not transition(job, Job.Status.RUNNING, started_at=timezone.now()):
+        return None
+    extra = {"TARGET_URL": job.build.deploy_url} if job.stage == "smoke" else None
+    _run_command_job(job, extra)
+    finish_build_if_done(job.build_id)
+    return job
+
+
+def run_deploy_job(job):
+    """Hold a branch node (or wait for one), then deploy the build's SHA to it."""
+    from nodes.services.allocation import allocate_node
+    from nodes.services.deploys import deploy_build
+
+    build = job.build
+    node = allocate_node(build)
+    if node is None:
+        _say_waiting(job)
+        return None
+    if not transition(job, Job.Status.RUNNING, started_at=timezone.now(),
+                      message=f"deploying to {node.name}"):
+        return None
+    log = LogWriter(job)
+    deployment = deploy_build(build, node, build.spec["deploy"], log=log.write)
+    log.flush()
+    if deployment.status == deployment.Status.SUCCEEDED:
+        from pipeline.models import Build
+
+        Build.objects.filter(pk=build.pk).update(deploy_url=node.url)
+        build.deploy_url = node.url
+        transition(job, Job.Status.PASSED, finished_at=timezone.now(),
+                   message=f"deployed to {node.name}: {node.url}")
+    else:
+        transition(job, Job.Status.FAILED, finished_at=timezone.now(),
+                   message=f"deploy to {node.name} failed: {deployment.message}")
+    finish_build_if_done(build.pk)
+    return job
+
+
+def _say_waiting(job):
+    from pipeline.services.events import record_event
+
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
+            message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
+        record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
+
+
+def _run_command_job(job, extra_env=None):
     workspace = workspace_for(job.build)
     log = LogWriter(job)
     try:
-        env = check_environment(job, workspace)
+        env = check_environment(job, workspace, extra_env)
         argv = expand_variables(job.command, env)
         log.write(f"$ {job.command_display}\n")
         result = LocalTransport().run(
@@ -103,8 +155,6 @@ def run_job(job_id):
         log.write(f"\n[trainyard: {result.describe(job.timeout)} after {result.duration:.1f}s]\n")
         log.flush()
         _store_outcome(job, result, workspace)
-    finish_build_if_done(job.build_id)
-    return job
 
 
 def _store_outcome(job, result, workspace):

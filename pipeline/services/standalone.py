@@ -57,3 +57,12 @@ def seed_demo():
         name="demo", defaults={"clone_url": str(path), "default_branch": "master"}
     )
     return repository
+
+
+def seed_local_nodes(count=10):
+    """Ten local branch nodes under var/nodes/, the demo app on ports 9101-9110."""
+    from nodes.services.pool import ensure_local_pool
+
+    base = Path(settings.TRAINYARD["NODE_BASE_DIR"])
+    return ensure_local_pool(base, count=count,
+                             first_port=int(settings.TRAINYARD["NODE_FIRST_PORT"]))

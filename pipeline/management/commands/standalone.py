@@ -24,6 +24,7 @@ class Command(BaseCommand):
         token = standalone.ensure_cli_token()
         if not options["no_demo"]:
             standalone.seed_demo()
+            standalone.seed_local_nodes()
         url = f"http://{options['host']}:{options['port']}"
         self._banner(url, password, token)
         os.environ["TRAINYARD_URL"] = url

@@ -1,0 +1,62 @@
+"""Node health: reachable through its transport, then its app's health URL if deployed."""
+
+import time
+import urllib.error
+import urllib.request
+
+from django.db import transaction
+from django.utils import timezone
+
+from nodes.models import Node
+from nodes.services.connections import get_transport
+from nodes.transports import TransportError
+from pipeline.services.events import record_event
+
+PROBE_TIMEOUT = 10
+
+
+def record_health(node, health, message="", latency_ms=None):
+    """Store a check's result; an Event only when health changes."""
+    with transaction.atomic():
+        old = (Node.objects.select_for_update().filter(pk=node.pk)
+               .values_list("health", flat=True).first())
+        Node.objects.filter(pk=node.pk).update(
+            health=health, health_message=message[:500], health_latency_ms=latency_ms,
+            last_health_check=timezone.now())
+        node.health, node.health_message = health, message[:500]
+        if old != health:
+            record_event("node.health", subject=node, old=old or "", new=health, message=message)
+    return health
+
+
+def _probe_url(url):
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as response:  # noqa: S310
+            return response.status < 400, f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url} answered {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{url} did not answer: {getattr(exc, 'reason', exc)}"
+
+
+def check_node(node):
+    """Reachability, then the app (when one is deployed and has a health URL)."""
+    started = time.monotonic()
+    try:
+        with get_transport(node) as transport:
+            result = transport.run(["true"], timeout=PROBE_TIMEOUT)
+        if not result.ok:
+            return record_health(node, Node.Health.UNHEALTHY, f"`true` {result.describe()}")
+    except TransportError as exc:
+        return record_health(node, Node.Health.UNHEALTHY, str(exc))
+    message = f"reachable via {node.transport}"
+    if node.current_sha and node.health_url:
+        healthy, message = _probe_url(node.health_url)
+        if not healthy:
+            return record_health(node, Node.Health.UNHEALTHY, message)
+    latency = int((time.monotonic() - started) * 1000)
+    return record_health(node, Node.Health.HEALTHY, message, latency)
+
+
+def check_all_nodes():
+    return {node.name: check_node(node) for node in Node.objects.filter(enabled=True)}

@@ -1,0 +1,73 @@
+"""Pull requests for the local git provider: open, follow pushes, close.
+
+(GitHub pull requests arrive through webhooks in a later issue and use the same rows.)
+"""
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from pipeline.models import PullRequest
+from pipeline.services import git
+from pipeline.services.events import record_event
+
+
+class PullRequestError(ValueError):
+    pass
+
+
+def open_pull_request(repository, branch, *, title="", user=None):
+    try:
+        head = git.resolve_branch(repository, branch)
+    except (git.InvalidRef, git.GitError) as exc:
+        raise PullRequestError(str(exc)) from exc
+    if branch == repository.default_branch:
+        raise PullRequestError(f"{branch} is the default branch: there is nothing to merge into")
+    existing = PullRequest.objects.filter(repository=repository, branch=branch,
+                                          state=PullRequest.State.OPEN).first()
+    if existing:
+        return existing, False
+    author = user.get_username() if user and user.is_authenticated else ""
+    for _ in range(3):  # two opens racing for the next number: the loser takes the one after
+        number = (repository.pull_requests.aggregate(n=Max("number"))["n"] or 0) + 1
+        try:
+            with transaction.atomic():
+                pr = PullRequest.objects.create(repository=repository, number=number,
+                                                title=title or branch, branch=branch,
+                                                head_sha=head, author_name=author)
+                record_event("pull_request.opened", subject=repository, new="open", actor=user,
+                             message=f"#{number} {pr.title} ({branch})")
+            return pr, True
+        except IntegrityError:
+            continue
+    raise PullRequestError("could not number the pull request; try again")
+
+
+def close_pull_request(pr, *, reason="closed", state=PullRequest.State.CLOSED, user=None):
+    from nodes.services.allocation import forget_branch
+
+    updated = PullRequest.objects.filter(pk=pr.pk, state=PullRequest.State.OPEN).update(state=state)
+    if updated:
+        pr.state = state
+        record_event("pull_request.closed", subject=pr.repository, old="open", new=state,
+                     actor=user, message=f"#{pr.number} {reason}")
+        forget_branch(pr.repository, pr.branch, reason)
+    return bool(updated)
+
+
+def record_push(repository, branch, sha):
+    """A branch moved: its open pull request follows (and stops being good to merge)."""
+    return PullRequest.objects.filter(repository=repository, branch=branch,
+                                      state=PullRequest.State.OPEN).exclude(head_sha=sha).update(
+        head_sha=sha)
+
+
+def sync_pull_requests(repository):
+    """Poll the local repository: follow pushes, close pull requests whose branch is gone."""
+    git.update_mirror(repository)
+    for pr in PullRequest.objects.filter(repository=repository, state=PullRequest.State.OPEN):
+        try:
+            head = git.resolve_branch_cached(repository, pr.branch)
+        except git.InvalidRef:
+            close_pull_request(pr, reason="its branch was deleted")
+            continue
+        record_push(repository, pr.branch, head)

@@ -1,0 +1,47 @@
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from pipeline import chatops, permissions
+from pipeline.models import Build
+
+
+def test_it_parses_commands_like_a_chat_bot():
+    assert chatops.parse("!bb feature/x") == ("bb", ["feature/x"])
+    assert chatops.parse("  !BB   'odd name'  ") == ("bb", ["odd name"])
+
+
+@pytest.mark.parametrize("text", ["bb x", "", "!", "!bb 'unclosed"])
+def test_it_explains_what_it_cannot_read(text):
+    with pytest.raises(chatops.CommandError):
+        chatops.parse(text)
+
+
+@pytest.mark.django_db
+def test_it_checks_permission_before_doing_anything(repository, viewer):
+    with pytest.raises(PermissionDenied):
+        chatops.execute(repository, "!bb master", user=viewer, via="test")
+    assert not Build.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_builds_for_a_developer(repository, developer):
+    outcome = chatops.execute(repository, "!bb master", user=developer, via="test")
+    assert outcome.created and outcome.build.requested_via == "test"
+    assert "queued build" in outcome.message
+
+
+@pytest.mark.django_db
+def test_it_needs_exactly_one_branch(repository, developer):
+    with pytest.raises(chatops.CommandError, match="usage"):
+        chatops.execute(repository, "!bb a b", user=developer, via="test")
+
+
+@pytest.mark.django_db
+def test_anonymous_and_inactive_users_may_do_nothing(developer):
+    from django.contrib.auth.models import AnonymousUser
+
+    assert not permissions.can(AnonymousUser(), "build")
+    developer.is_active = False
+    assert not permissions.can(developer, "build")
+    with pytest.raises(ValueError):
+        permissions.can(developer, "launch-missiles")

@@ -1,0 +1,341 @@
+"""The radiator in headless Chromium: builds and jobs change on screen as they run,
+over the websocket, without a reload; after a dropped socket the page catches up from
+the snapshot. Also writes the screenshots in docs/screenshots/ when
+TRAINYARD_SCREENSHOTS=1 (elsewhere they go to a temp folder, so runs leave no changes).
+"""
+
+import os
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+# here are plain blocking calls all the same.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+import re  # noqa: E402
+import threading  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from django.db import connections  # noqa: E402
+from django.utils import timezone  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+
+from pipeline.models import Build, Job, LogChunk, TestResult  # noqa: E402
+from pipeline.services.builds import request_build  # noqa: E402
+from tests.factories import (  # noqa: E402
+    BuildFactory,
+    CommitFactory,
+    JobFactory,
+    RepositoryFactory,
+    UserFactory,
+)
+from tests.helpers import wait_until  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+SECONDS = 1000
+LIVE = 30 * SECONDS  # a real build through a real worker: generous, never slept through
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+def off_main_thread(func, *args, **kwargs):
+    """Call `func` in a thread of its own, as a web request or a task would.
+
+    Playwright's event loop runs in the main thread, and `async_to_sync` (which
+    publishes events after commit) refuses to run beside a running loop.
+    """
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = func(*args, **kwargs)
+        except BaseException as exc:  # handed to the test below
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def ask_for(repository, branch, user=None):
+    build, created = off_main_thread(request_build, repository, branch, user=user, via="test")
+    assert created
+    return build
+
+
+def build_card(page, build):
+    return page.locator(f'.rad-build[data-build-id="{build.pk}"]')
+
+
+def expect_build(page, build, status, jobs=None, timeout=LIVE):
+    card = build_card(page, build)
+    expect(card.locator('[data-part="build-status"]')).to_have_text(status, timeout=timeout)
+    expect(card).to_have_class(re.compile(rf"\bstatus-{status}\b"), timeout=timeout)
+    for name, job_status in (jobs or {}).items():
+        pill = card.locator(f'.rad-job[data-job-name="{name}"]')
+        expect(pill.locator('[data-part="job-status"]')).to_have_text(job_status, timeout=timeout)
+        expect(pill).to_have_class(re.compile(rf"\bstatus-{job_status}\b"))
+    if jobs is not None:
+        expect(card.locator(".rad-job")).to_have_count(len(jobs))
+    return card
+
+
+def open_radiator(page, asgi_server, name):
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", sent.append))
+    page.sent_frames = sent
+    page.goto(f"{asgi_server.url}/radiators/{name}/")
+    expect(page.locator('[data-role="connection"]')).to_have_attribute("data-state", "live",
+                                                                       timeout=10 * SECONDS)
+    page.evaluate("window.__marker = 1")  # gone if the page ever reloads
+    return page
+
+
+def assert_not_reloaded(page):
+    assert page.evaluate("window.__marker") == 1
+    assert page.sent_frames == [], "the radiator wrote to its read-only socket"
+
+
+@pytest.fixture
+def radiator(page, asgi_server, repository):
+    return open_radiator(page, asgi_server, repository.name)
+
+
+# Live updates -------------------------------------------------------------------------
+
+def test_it_shows_a_new_build_and_each_job_passing_without_a_reload(radiator, worker, repository,
+                                                                     developer):
+    page = radiator
+    expect(page.locator(".rad-build")).to_have_count(0)
+    expect(page.locator('[data-role="empty"]')).to_be_visible()
+
+    build = ask_for(repository, "master", developer)
+
+    card = expect_build(page, build, "passed", {"lint": "passed", "unit": "passed"})
+    expect(card.locator('[data-part="branch"]')).to_have_text("master")
+    expect(card.locator('[data-part="sha"]')).to_have_text(build.sha[:7])
+    expect(card.locator('[data-part="who"]')).to_have_text("dev")
+    expect(card.locator('[data-part="duration"]')).to_have_text(re.compile(r"^\d+:\d\d$"))
+    expect(page.locator('[data-role="empty"]')).to_be_hidden()
+    expect(page.locator('[data-role="summary"]')).to_have_text("1 passed")
+    assert_not_reloaded(page)
+
+
+def test_it_follows_a_job_from_running_to_passed(radiator, worker, repository, git_repo, tmp_path):
+    page = radiator
+    gate = tmp_path / "gate"
+    waiter = ("import os, time\n"
+              f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n")
+    git_repo.commit({"wait.py": waiter,
+                     "trainyard.yml": "checks:\n  lint: python -c pass\n  slow: python wait.py\n"},
+                    branch="feature/slow")
+
+    build = ask_for(repository, "feature/slow")
+
+    card = expect_build(page, build, "running", {"lint": "passed", "slow": "running"})
+    expect(card.locator('.rad-job.status-running .rad-icon')).to_have_css(
+        "animation-name", "rad-spin")
+    gate.touch()
+    expect_build(page, build, "passed", {"lint": "passed", "slow": "passed"})
+    assert_not_reloaded(page)
+
+
+def test_it_turns_a_failing_build_red(radiator, worker, repository, git_repo):
+    page = radiator
+    git_repo.commit({"trainyard.yml": "checks:\n  ok: python -c pass\n"
+                     "  bad: python -c \"import sys; sys.exit(3)\"\n"}, branch="feature/bad")
+
+    build = ask_for(repository, "feature/bad")
+
+    card = expect_build(page, build, "failed", {"ok": "passed", "bad": "failed"})
+    expect(card.locator(".rad-state")).to_have_css("background-color", "rgb(220, 38, 38)")
+    expect(card.locator('.rad-job[data-job-name="bad"]')).to_have_css(
+        "background-color", "rgb(220, 38, 38)")
+    expect(card.locator('[data-part="message"]')).to_have_text("failed: bad")
+    expect(card.locator('[data-part="message"]')).to_be_visible()
+    assert_not_reloaded(page)
+
+
+def test_it_reconnects_and_catches_up_from_the_snapshot(page, asgi_server, repository, worker,
+                                                        developer):
+    """A build that starts and ends while the socket is down shows up after the reconnect."""
+    sockets = {"allowed": True, "open": []}
+
+    def route(ws):
+        if not sockets["allowed"]:
+            ws.close(code=1011, reason="server away")  # refused before it ever opens
+            return
+        ws.connect_to_server()
+        sockets["open"].append(ws)
+
+    page.route_web_socket(re.compile(r"/ws/radiators/"), route)
+    open_radiator(page, asgi_server, repository.name)
+    connection = page.locator('[data-role="connection"]')
+
+    sockets["allowed"] = False
+    sockets["open"][-1].close(code=1012, reason="server restart")
+    expect(connection).to_have_attribute("data-state", "reconnecting")
+    expect(connection).to_contain_text(re.compile(r"reconnecting in \d+ s"))
+
+    build = ask_for(repository, "master", developer)
+
+    def ended():
+        build.refresh_from_db()
+        return build.status in Build.ENDED
+
+    wait_until(ended, timeout=60, message="the build to end while the radiator is away")
+    expect(build_card(page, build)).to_have_count(0)  # nobody told the page yet
+
+    sockets["allowed"] = True
+    expect(connection).to_have_attribute("data-state", "live", timeout=LIVE)
+    expect_build(page, build, "passed", {"lint": "passed", "unit": "passed"})
+    assert len(sockets["open"]) == 2
+    assert_not_reloaded(page)
+
+
+# How it looks --------------------------------------------------------------------------------
+
+def screenshot_path(tmp_path, name):
+    """docs/screenshots/ when TRAINYARD_SCREENSHOTS=1, a temp folder otherwise."""
+    folder = SCREENSHOTS if os.environ.get("TRAINYARD_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank"]
+CHECKS = ["lint", "unit", "integration", "smoke"]
+
+# (branch, who, minutes ago, seconds it ran (None: still running), status, job statuses, message)
+HISTORY = [
+    ("master", "alice", 190, 192, "passed", "pppp", "all checks passed"),
+    ("feature/search-filters", "bob", 150, 201, "passed", "pppp", "all checks passed"),
+    ("fix/timezone-offsets", "carol", 120, 143, "failed", "ppfp", "failed: integration"),
+    ("feature/payment-retry", "dave", 95, 75, "error", "ppep", "a job could not run"),
+    ("chore/bump-django", "alice", 80, 31, "cancelled", "pccc", "cancelled"),
+    ("master", "bob", 62, 188, "passed", "pppp", "all checks passed"),
+    ("feature/checkout-redesign-with-a-long-branch-name", "erin", 45, 96, "failed", "pfpp",
+     "failed: unit"),
+    ("feature/dark-mode", "frank", 31, 176, "passed", "pppp", "all checks passed"),
+    ("hotfix/session-expiry", "carol", 18, 140, "passed", "pppp", "all checks passed"),
+    ("fix/flaky-login-test", "dave", 4, None, "running", "prrq", ""),
+    ("feature/api-rate-limits", "bob", 2, None, "running", "ppr", ""),
+    ("feature/onboarding-tour", "alice", 0.3, None, "queued", "", ""),
+]
+JOB_STATUS = {"p": "passed", "f": "failed", "e": "error", "c": "cancelled", "r": "running",
+              "q": "queued"}
+
+
+def make_history(repository):
+    """A morning's worth of builds in every state, with believable times."""
+    now = timezone.now()
+    users = {name: UserFactory(username=name) for name in PEOPLE}
+    builds = []
+    for branch, who, ago, ran, status, jobs, message in HISTORY:
+        created = now - timedelta(minutes=ago)
+        started = created + timedelta(seconds=4) if status != "queued" else None
+        finished = started + timedelta(seconds=ran) if ran else None
+        build = BuildFactory(commit=CommitFactory(repository=repository), branch=branch,
+                             status=status, requested_by=users[who], message=message)
+        Build.objects.filter(pk=build.pk).update(created_at=created, started_at=started,
+                                                 finished_at=finished)
+        for name, code in zip(CHECKS, jobs, strict=False):
+            JobFactory(build=build, name=name, status=JOB_STATUS[code],
+                       command=["python", "-m", "pytest", f"tests/{name}"])
+        builds.append(build)
+    return builds
+
+
+def test_it_fits_a_wall_screen(page, asgi_server, tmp_path):
+    demo = RepositoryFactory(name="demo")
+    builds = make_history(demo)
+
+    open_radiator(page, asgi_server, "demo")
+
+    cards = page.locator(".rad-build")
+    expect(cards).to_have_count(len(builds))
+    expect(cards.first.locator('[data-part="duration"]')).to_have_text("")  # queued: none yet
+    expect(cards.nth(1).locator('[data-part="age"]')).to_have_text("2 min ago")
+    expect(cards.nth(3).locator('[data-part="duration"]')).to_have_text("2:23")
+    expect(page.locator('[data-role="summary"]')).to_have_text(
+        "1 queued · 2 running · 5 passed · 2 failed · 1 error · 1 cancelled")
+    size = page.viewport_size
+    assert size == {"width": 1920, "height": 1080}
+    layout = page.evaluate("""() => ({
+        width: document.documentElement.scrollWidth,
+        bottom: document.querySelector('.rad-build:last-child').getBoundingClientRect().bottom,
+        branchPx: parseFloat(getComputedStyle(document.querySelector('.rad-branch')).fontSize),
+        statusPx: parseFloat(getComputedStyle(document.querySelector('.rad-state')).fontSize),
+    })""")
+    assert layout["width"] <= size["width"], "nothing may stick out sideways"
+    assert layout["bottom"] <= size["height"], "all recent builds fit on one 1080p screen"
+    assert layout["branchPx"] >= 32 and layout["statusPx"] >= 26, layout  # readable at 5 m
+    page.screenshot(path=screenshot_path(tmp_path, "radiator.png"), animations="disabled")
+    assert_not_reloaded(page)
+
+
+def log_in(page, asgi_server, user):
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "url": asgi_server.url,
+                               "value": client.cookies[settings.SESSION_COOKIE_NAME].value}])
+
+
+def test_it_styles_the_build_and_repository_pages(page, asgi_server, developer, tmp_path):
+    demo = RepositoryFactory(name="demo")
+    builds = make_history(demo)
+    failed = builds[6]
+    add_logs_and_results(failed)
+    log_in(page, asgi_server, developer)
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+    page.goto(f"{asgi_server.url}/builds/{failed.pk}/")
+    expect(page.locator("#build-status")).to_have_text("failed")
+    expect(page.locator("#build-status")).to_have_css("color", "rgb(185, 28, 28)")
+    expect(page.locator("section.job.status-failed pre.log")).to_contain_text("AssertionError")
+    page.locator("details.tests").first.evaluate("el => el.open = true")
+    page.screenshot(path=screenshot_path(tmp_path, "build.png"), full_page=True,
+                    animations="disabled")
+
+    page.goto(f"{asgi_server.url}/repos/demo/")
+    expect(page.locator(".build-form button")).to_have_text("Build branch")
+    expect(page.locator("table.builds tbody tr")).to_have_count(len(builds))
+    expect(page.locator("table.builds .badge.failed").first).to_have_css(
+        "background-color", "rgb(253, 226, 226)")
+    page.screenshot(path=screenshot_path(tmp_path, "repository.png"), full_page=True,
+                    animations="disabled")
+
+
+def add_logs_and_results(build):
+    for job in build.jobs.all():
+        failed = job.status == Job.Status.FAILED
+        Job.objects.filter(pk=job.pk).update(
+            exit_code=1 if failed else 0, timeout=900,
+            message="exited with 1; 4 tests, 1 failed" if failed else "exited with 0")
+        text = f"$ python -m pytest tests/{job.name}\n"
+        if failed:
+            text += ("tests/unit/test_cart.py ...F\n\n=================== FAILURES ===================\n"
+                     "____________ test_total_includes_shipping ____________\n\n"
+                     "    def test_total_includes_shipping():\n"
+                     ">       assert cart.total() == Decimal('24.90')\n"
+                     "E       AssertionError: assert Decimal('19.90') == Decimal('24.90')\n\n"
+                     "tests/unit/test_cart.py:41: AssertionError\n"
+                     "1 failed, 3 passed in 0.42s\n\n[trainyard: exited with 1 after 3.1s]\n")
+            for name, outcome in [("test_add_item", "passed"), ("test_remove_item", "passed"),
+                                  ("test_empty_cart", "passed"),
+                                  ("test_total_includes_shipping", "failed")]:
+                TestResult.objects.create(
+                    job=job, suite="unit", classname="tests.unit.test_cart", name=name,
+                    outcome=outcome, duration=0.01,
+                    message="AssertionError: assert Decimal('19.90') == Decimal('24.90')"
+                    if outcome == "failed" else "")
+        else:
+            text += f"{job.name}: all good\n\n[trainyard: exited with 0 after 1.2s]\n"
+        LogChunk.objects.create(job=job, seq=0, text=text)

@@ -1,0 +1,120 @@
+"""The one writer of statuses, the database constraints behind it, and the reaper."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from pipeline.models import Build, Event, Job
+from pipeline.services.builds import request_build
+from pipeline.services.reaper import reap_stuck_runs
+from pipeline.statemachine import InvalidTransition, transition
+from tests.factories import BuildFactory, JobFactory
+
+
+@pytest.mark.django_db
+def test_it_moves_along_allowed_transitions_and_records_an_event(developer):
+    build = BuildFactory()
+    assert transition(build, Build.Status.RUNNING, actor=developer, started_at=timezone.now())
+    assert Build.objects.get(pk=build.pk).status == "running"
+    event = Event.objects.get(build=build, kind="build.status")
+    assert (event.old, event.new, event.actor) == ("queued", "running", developer)
+
+
+@pytest.mark.django_db
+def test_it_refuses_moves_the_state_machine_does_not_allow():
+    build = BuildFactory(status=Build.Status.PASSED)
+    assert not transition(build, Build.Status.RUNNING)
+    assert Build.objects.get(pk=build.pk).status == "passed"
+    with pytest.raises(InvalidTransition):
+        transition(build, "exploded")
+    with pytest.raises(InvalidTransition):
+        transition(build, Build.Status.QUEUED)  # nothing moves back to queued
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_an_unknown_status():
+    build = BuildFactory()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Build.objects.filter(pk=build.pk).update(status="bogus")
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_two_active_builds_of_one_sha():
+    build = BuildFactory()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        BuildFactory(repository=build.repository, commit=build.commit)
+    transition(build, Build.Status.CANCELLED)
+    BuildFactory(repository=build.repository, commit=build.commit)  # fine once it ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_lets_only_one_of_many_concurrent_claims_win():
+    job = JobFactory()
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        try:
+            wins.append(transition(Job.objects.get(pk=job.pk), Job.Status.RUNNING))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins.count(True) == 1
+    assert Event.objects.filter(job=job, new="running").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_for_one_sha_share_a_single_build(repository):
+    barrier = threading.Barrier(6)
+    results, errors = [], []
+
+    def ask():
+        barrier.wait()
+        try:
+            results.append(request_build(repository, "master"))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Build.objects.count() == 1
+    assert {build.pk for build, _ in results} == {Build.objects.get().pk}
+    assert sum(created for _, created in results) == 1
+
+
+@pytest.mark.django_db
+def test_the_reaper_ends_jobs_whose_worker_died():
+    started = timezone.now() - timedelta(minutes=30)
+    job = JobFactory(status=Job.Status.RUNNING, timeout=60, started_at=started,
+                     build__status=Build.Status.RUNNING)
+    fresh = JobFactory(status=Job.Status.RUNNING, timeout=3600, started_at=started)
+    assert reap_stuck_runs() >= 1
+    job.refresh_from_db()
+    fresh.refresh_from_db()
+    assert job.status == "error" and "stopped" in job.message
+    assert job.build.__class__.objects.get(pk=job.build_id).status == "error"
+    assert fresh.status == "running"
+
+
+@pytest.mark.django_db
+def test_the_reaper_ends_builds_nobody_picked_up():
+    build = BuildFactory()
+    Build.objects.filter(pk=build.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    reap_stuck_runs()
+    build.refresh_from_db()
+    assert build.status == "error" and "no worker" in build.message
