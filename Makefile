@@ -27,4 +27,4 @@ bench: install
 	$(PY) bench/deploy_fanout.py
 
 clean:
-	rm -rf var/workspaces var/test.sqlite3*
+	rm -rf var/workspaces var/test-*.sqlite3*

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from nodes.transports.base import TransportError
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA_RE = re.compile(r"[0-9a-f]{40}")  # always fullmatch: `$` would let a trailing newline in
+CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
 KEEP_RELEASES = 5
 COMMAND_TIMEOUT = 120  # mkdir, tar, ln...: generous, a big archive takes a while to unpack
 INSTALL_TIMEOUT = 1800
@@ -58,7 +58,7 @@ class StepFailed(Exception):
 
 
 def validate_sha(sha):
-    if not isinstance(sha, str) or not SHA_RE.match(sha):
+    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
         raise DeployError(f"not a full commit SHA (40 lowercase hex): {sha!r}")
     return sha
 
@@ -161,7 +161,8 @@ def health_url(template, host, port):
     return url
 
 
-def check_health(url, *, timeout=HEALTH_TIMEOUT, interval=HEALTH_INTERVAL, cancel=None, log=None):
+def check_health(url, *, timeout=HEALTH_TIMEOUT, interval=HEALTH_INTERVAL, cancel=None, log=None,
+                 on_tick=None):
     """GET `url` until it answers 2xx or `timeout` passes -> (ok, detail)."""
     log = log or (lambda line: None)
     deadline = time.monotonic() + timeout
@@ -184,6 +185,8 @@ def check_health(url, *, timeout=HEALTH_TIMEOUT, interval=HEALTH_INTERVAL, cance
             last = current
         if time.monotonic() + interval > deadline or (cancel is not None and cancel.is_set()):
             return False, f"{last} (after {attempts} attempt(s) in {timeout}s)"
+        if on_tick is not None:
+            on_tick()
         time.sleep(interval)
 
 
@@ -211,13 +214,14 @@ class _Lines:
 class _Node:
     """One deploy's view of a node: runs commands, records steps, knows the layout."""
 
-    def __init__(self, transport, base, *, log=None, env=None, timeout=COMMAND_TIMEOUT, cancel=None):
+    def __init__(self, transport, base, *, log=None, env=None, timeout=COMMAND_TIMEOUT, cancel=None,
+                 on_tick=None):
         base = str(base)
         if not base.startswith("/") or "\x00" in base:
             raise DeployError(f"the base path must be absolute: {base!r}")
         self.transport, self.base = transport, base.rstrip("/") or "/"
         self.log = log or (lambda line: None)
-        self.env, self.timeout, self.cancel = env, timeout, cancel
+        self.env, self.timeout, self.cancel, self.on_tick = env, timeout, cancel, on_tick
         self.steps = []
 
     def path(self, *parts):
@@ -233,7 +237,7 @@ class _Node:
         timeout = timeout or self.timeout
         try:
             result = self.transport.run(argv, cwd=cwd, env=env, timeout=timeout, on_output=lines,
-                                        output_cap=1 << 20, cancel=self.cancel)
+                                        output_cap=1 << 20, cancel=self.cancel, on_tick=self.on_tick)
         except TransportError as exc:
             lines.finish()
             raise StepFailed(str(exc)) from exc
@@ -268,9 +272,9 @@ class _Node:
         lines = _Lines(self.log)
         # A TransportError goes up as it is: "cannot tell" must never read as "no release".
         result = self.transport.run(["readlink", "--", self.path(name)], timeout=self.timeout,
-                                    on_output=lines, cancel=self.cancel)
+                                    on_output=lines, cancel=self.cancel, on_tick=self.on_tick)
         target = posixpath.basename(lines.finish().strip())
-        return target if result.ok and SHA_RE.match(target) else None
+        return target if result.ok and SHA_RE.fullmatch(target) else None
 
     def set_link(self, name, sha):
         """Point `name` at releases/<sha> atomically (rename over it), or remove it."""
@@ -289,18 +293,21 @@ class _Node:
 # The protocol -------------------------------------------------------------------------------
 
 def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=None, log=None,
-                   host=None, port=None, command_timeout=COMMAND_TIMEOUT, cancel=None):
+                   host=None, port=None, command_timeout=COMMAND_TIMEOUT, cancel=None, on_tick=None):
     """Unpack, install, switch, start, check health; roll back if start or health fail.
 
     `env` reaches `install` and `start` as given (LocalTransport: the whole environment;
     SSHTransport: added to the login environment). `host`/`port` fill the health URL;
-    `host` defaults to the transport's host. Before the switch a failure leaves `current`
-    untouched; after it, `current` goes back to the release it replaced.
+    `host` defaults to the transport's host. `on_tick` is called a few times a second
+    while commands run and health is polled (flush logs, heartbeat). Before the switch a
+    failure leaves `current` untouched; after it, `current` goes back to the release it
+    replaced.
     """
     sha = validate_sha(sha)
-    if not isinstance(checksum, str) or not CHECKSUM_RE.match(checksum):
+    if not isinstance(checksum, str) or not CHECKSUM_RE.fullmatch(checksum):
         raise DeployError(f"not a sha256 hex digest: {checksum!r}")
-    node = _Node(transport, base, log=log, env=env, timeout=command_timeout, cancel=cancel)
+    node = _Node(transport, base, log=log, env=env, timeout=command_timeout, cancel=cancel,
+                 on_tick=on_tick)
     host = host or getattr(transport, "host", "127.0.0.1")
     try:
         with node.step("inspect"):
@@ -361,6 +368,7 @@ def _verify(node, path, checksum):
 def _discard(node, sha):
     """Remove a release that never went live, so it can never become a rollback target."""
     release = node.release(sha)
+    node.cancel = None  # a cancel stops the deploy, never its clean-up
     try:
         with node.step("discard"):
             node.run(["rm", "-rf", "--", release, f"{release}.tar.gz", f"{release}.tar.gz.part"])
@@ -376,7 +384,7 @@ def _start_and_check(node, steps, host, port):
         with node.step("health"):
             url = health_url(steps.health, host, port)
             ok, detail = check_health(url, timeout=steps.health_timeout, cancel=node.cancel,
-                                      log=node.log)
+                                      log=node.log, on_tick=node.on_tick)
             if not ok:
                 raise StepFailed(f"{url}: {detail}")
 
@@ -384,6 +392,7 @@ def _start_and_check(node, steps, host, port):
 def _undo_switch(node, sha, previous, old_previous, steps, error, host, port):
     """After the switch something failed: put back the release that was live."""
     fields = {"sha": sha, "previous_sha": previous}
+    node.cancel = None  # a cancel stops the deploy, never the way back
     node.log(f"!! rolling back: {error}")
     try:
         with node.step("rollback"):
@@ -418,7 +427,7 @@ def _prune(node, protect):
     try:
         with node.step("cleanup"):
             listing = node.run(["ls", "-1t", "--", node.path("releases")])
-            names = [name for name in listing.split() if SHA_RE.match(name)]
+            names = [name for name in listing.split() if SHA_RE.fullmatch(name)]
             old = [node.release(name) for name in names[KEEP_RELEASES:] if name not in protect]
             if old:
                 node.run(["rm", "-rf", "--", *old])
@@ -427,14 +436,15 @@ def _prune(node, protect):
 
 
 def rollback(transport, base, *, to_sha=None, steps=None, env=None, log=None, host=None, port=None,
-             command_timeout=COMMAND_TIMEOUT, cancel=None):
+             command_timeout=COMMAND_TIMEOUT, cancel=None, on_tick=None):
     """Point `current` back at `previous` (or at `to_sha`) and restart it.
 
     The release rolled back from becomes `previous`, so a second rollback undoes the first.
     """
     target = validate_sha(to_sha) if to_sha else None
     steps = steps or DeploySteps()
-    node = _Node(transport, base, log=log, env=env, timeout=command_timeout, cancel=cancel)
+    node = _Node(transport, base, log=log, env=env, timeout=command_timeout, cancel=cancel,
+                 on_tick=on_tick)
     host = host or getattr(transport, "host", "127.0.0.1")
     current = None
     try:

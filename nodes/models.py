@@ -43,6 +43,9 @@ class Node(models.Model):
     app_port = models.PositiveIntegerField(default=8080, help_text="The port the app listens on.")
     base_path = models.CharField(max_length=500, help_text="releases/, current and shared/ live here.")
     host_key = models.TextField(blank=True, help_text="The pinned SSH host key (type and base64).")
+    env = models.JSONField(default=dict, blank=True,
+                           help_text='Extra environment for install and start on this node, e.g. '
+                                     '{"PATH": "/opt/app/bin:/usr/bin:/bin"}. Never secrets.')
     enabled = models.BooleanField(default=True)
     draining = models.BooleanField(default=False)
     off_cycle = models.BooleanField(default=False)

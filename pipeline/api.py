@@ -11,9 +11,10 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from pipeline import chatops
-from pipeline.models import ApiToken, Build, Job, Repository
-from pipeline.serializers import build_to_dict
+from pipeline import chatops, permissions
+from pipeline.models import ApiToken, Build, Job, PullRequest, Repository
+from pipeline.serializers import build_to_dict, pull_to_dict
+from pipeline.services import pulls
 
 MAX_BODY = 64 * 1024
 LOG_PAGE = 200
@@ -111,6 +112,42 @@ def command(request, repository):
     if not isinstance(text, str):
         return JsonResponse({"error": "'text' is required"}, status=400)
     return _run_command(request, repository, text)
+
+
+@api_endpoint
+def pull_collection(request, repository):
+    repository = get_object_or_404(Repository, name=repository)
+    if request.method == "GET":
+        pulls = repository.pull_requests.all()[:100]
+        return JsonResponse({"pull_requests": [pull_to_dict(pr) for pr in pulls]})
+    if request.method != "POST":
+        return JsonResponse({"error": "use GET or POST"}, status=405)
+    try:
+        body = _json_body(request)
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    branch, title = body.get("branch"), body.get("title", "")
+    if not isinstance(branch, str) or not isinstance(title, str):
+        return JsonResponse({"error": "'branch' (and an optional 'title') are strings"}, status=400)
+    permissions.require(request.user, "open_pull_request")
+    try:
+        pr, created = pulls.open_pull_request(repository, branch, title=title[:300],
+                                              user=request.user)
+    except pulls.PullRequestError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(pull_to_dict(pr), status=201 if created else 200)
+
+
+@api_endpoint
+def pull_close(request, repository, number):
+    if request.method != "POST":
+        return JsonResponse({"error": "use POST"}, status=405)
+    pr = get_object_or_404(PullRequest, repository__name=repository, number=number)
+    permissions.require(request.user, "close_pull_request")
+    pulls.close_pull_request(pr, reason=f"closed by {request.user.get_username()}",
+                             user=request.user)
+    pr.refresh_from_db()
+    return JsonResponse(pull_to_dict(pr))
 
 
 @api_endpoint

@@ -39,3 +39,20 @@ def build_to_dict(build, jobs=None):
         "deploy_url": build.deploy_url,
         "jobs": [job_to_dict(job) for job in (jobs if jobs is not None else build.jobs.all())],
     }
+
+
+def pull_to_dict(pr):
+    build = pr.latest_build
+    return {
+        "number": pr.number,
+        "repository": pr.repository.name,
+        "title": pr.title,
+        "branch": pr.branch,
+        "head_sha": pr.head_sha,
+        "state": pr.state,
+        "author": pr.author_name,
+        "good_to_merge": pr.good_to_merge,
+        "latest_build": {"id": build.pk, "sha": build.sha, "status": build.status,
+                         "deploy_url": build.deploy_url} if build else None,
+        "url": pr.get_absolute_url(),
+    }

@@ -146,8 +146,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            # A file, not :memory:, so worker threads in tests see the same database.
-            "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
+            # A file, not :memory:, so worker threads in tests see the same database; one
+            # per process, so two test runs side by side do not share it.
+            "TEST": {"NAME": VAR_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     }
 

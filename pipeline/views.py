@@ -8,8 +8,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from pipeline import chatops, permissions
-from pipeline.models import Build, Repository
-from pipeline.services import git
+from pipeline.models import Build, PullRequest, Repository
+from pipeline.services import git, pulls
 
 
 def home(request):
@@ -25,8 +25,50 @@ def repository(request, name):
         "repository": repo,
         "builds": repo.builds.select_related("requested_by").prefetch_related("jobs")[:30],
         "branches": git.known_branches(repo),
+        "pull_requests": repo.pull_requests.filter(state=PullRequest.State.OPEN),
         "can_build": permissions.can(request.user, "build"),
+        "can_open": permissions.can(request.user, "open_pull_request"),
     })
+
+
+@login_required
+@require_POST
+def open_pull_request(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    try:
+        permissions.require(request.user, "open_pull_request")
+        pr, created = pulls.open_pull_request(
+            repo, request.POST.get("branch", "").strip(),
+            title=request.POST.get("title", "").strip()[:300], user=request.user)
+    except (pulls.PullRequestError, PermissionDenied) as exc:
+        messages.error(request, str(exc))
+        return redirect(repo)
+    messages.success(request, f"{'Opened' if created else 'Already open:'} #{pr.number}")
+    return redirect(pr)
+
+
+def pull_request(request, name, number):
+    pr = get_object_or_404(PullRequest.objects.select_related("repository"),
+                           repository__name=name, number=number)
+    builds = pr.repository.builds.filter(branch=pr.branch).select_related("requested_by")[:20]
+    return render(request, "pipeline/pull_request.html", {
+        "pr": pr, "builds": builds, "can_build": permissions.can(request.user, "build"),
+        "can_close": permissions.can(request.user, "close_pull_request"),
+    })
+
+
+@login_required
+@require_POST
+def close_pull_request(request, name, number):
+    pr = get_object_or_404(PullRequest, repository__name=name, number=number)
+    try:
+        permissions.require(request.user, "close_pull_request")
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+        return redirect(pr)
+    pulls.close_pull_request(pr, reason=f"closed by {request.user.get_username()}",
+                             user=request.user)
+    return redirect(pr)
 
 
 @login_required

@@ -71,6 +71,9 @@ class GitRepo:
     def commit(self, files, message="change", branch="master", author=None):
         """Write `files` ({path: text or None to delete}) on `branch` and commit. Returns the SHA."""
         branches = self.git("branch", "--list", "--format=%(refname:short)").split()
+        if not branches and branch != "master":
+            self.commit({}, message="Initial commit")  # branches start from master
+            branches = ["master"]
         if branch in branches:
             self.git("checkout", "-q", branch)
         elif branches:

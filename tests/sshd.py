@@ -95,7 +95,7 @@ def _children(pid):
     return found
 
 
-def _alive(pid):
+def process_alive(pid):
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -177,7 +177,7 @@ class SshdNode:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in tree) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.pid = None
         self.pid_file.unlink(missing_ok=True)

@@ -72,3 +72,8 @@ def test_it_decodes_invalid_utf8_without_crashing():
 def test_it_raises_a_clear_error_for_a_missing_command():
     with pytest.raises(TransportError, match="command not found: no-such-binary"):
         run(["no-such-binary"])
+
+
+def test_it_names_a_missing_working_directory():
+    with pytest.raises(TransportError, match="working directory does not exist: /nonexistent"):
+        run(["true"], cwd="/nonexistent")

@@ -10,6 +10,8 @@ import os
 # here are plain blocking calls all the same.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+import hashlib  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 import threading  # noqa: E402
 from datetime import timedelta  # noqa: E402
@@ -57,6 +59,7 @@ def off_main_thread(func, *args, **kwargs):
     thread = threading.Thread(target=target)
     thread.start()
     thread.join(60)
+    assert not thread.is_alive(), f"{func.__name__} did not return within 60 s"
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -87,11 +90,13 @@ def expect_build(page, build, status, jobs=None, timeout=LIVE):
 
 def open_radiator(page, asgi_server, name):
     sent = []
-    page.on("websocket", lambda ws: ws.on("framesent", sent.append))
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload)))
     page.sent_frames = sent
     page.goto(f"{asgi_server.url}/radiators/{name}/")
     expect(page.locator('[data-role="connection"]')).to_have_attribute("data-state", "live",
                                                                        timeout=10 * SECONDS)
+    # Connected, and the snapshot read on connecting is on screen.
+    expect(page.locator("#radiator")).to_have_attribute("data-renders", re.compile(r"^[1-9]"))
     page.evaluate("window.__marker = 1")  # gone if the page ever reloads
     return page
 
@@ -239,7 +244,11 @@ def make_history(repository):
         created = now - timedelta(minutes=ago)
         started = created + timedelta(seconds=4) if status != "queued" else None
         finished = started + timedelta(seconds=ran) if ran else None
-        build = BuildFactory(commit=CommitFactory(repository=repository), branch=branch,
+        sha = hashlib.sha1(f"{branch}{ago}".encode()).hexdigest()
+        subject = branch.rsplit("/", 1)[-1].replace("-", " ").capitalize()
+        commit = CommitFactory(repository=repository, sha=sha, author_name=who.capitalize(),
+                               message=subject)
+        build = BuildFactory(commit=commit, branch=branch,
                              status=status, requested_by=users[who], message=message)
         Build.objects.filter(pk=build.pk).update(created_at=created, started_at=started,
                                                  finished_at=finished)
@@ -251,7 +260,7 @@ def make_history(repository):
 
 
 def test_it_fits_a_wall_screen(page, asgi_server, tmp_path):
-    demo = RepositoryFactory(name="demo")
+    demo = RepositoryFactory(name="demo", clone_url="/srv/git/demo.git")
     builds = make_history(demo)
 
     open_radiator(page, asgi_server, "demo")
@@ -260,9 +269,11 @@ def test_it_fits_a_wall_screen(page, asgi_server, tmp_path):
     expect(cards).to_have_count(len(builds))
     expect(cards.first.locator('[data-part="duration"]')).to_have_text("")  # queued: none yet
     expect(cards.nth(1).locator('[data-part="age"]')).to_have_text("2 min ago")
-    expect(cards.nth(3).locator('[data-part="duration"]')).to_have_text("2:23")
+    # hotfix/session-expiry ran for 140 s
+    expect(cards.nth(3).locator('[data-part="duration"]')).to_have_text("2:20")
     expect(page.locator('[data-role="summary"]')).to_have_text(
         "1 queued · 2 running · 5 passed · 2 failed · 1 error · 1 cancelled")
+    page.screenshot(path=screenshot_path(tmp_path, "radiator.png"), animations="disabled")
     size = page.viewport_size
     assert size == {"width": 1920, "height": 1080}
     layout = page.evaluate("""() => ({
@@ -274,7 +285,6 @@ def test_it_fits_a_wall_screen(page, asgi_server, tmp_path):
     assert layout["width"] <= size["width"], "nothing may stick out sideways"
     assert layout["bottom"] <= size["height"], "all recent builds fit on one 1080p screen"
     assert layout["branchPx"] >= 32 and layout["statusPx"] >= 26, layout  # readable at 5 m
-    page.screenshot(path=screenshot_path(tmp_path, "radiator.png"), animations="disabled")
     assert_not_reloaded(page)
 
 
@@ -289,7 +299,7 @@ def log_in(page, asgi_server, user):
 
 
 def test_it_styles_the_build_and_repository_pages(page, asgi_server, developer, tmp_path):
-    demo = RepositoryFactory(name="demo")
+    demo = RepositoryFactory(name="demo", clone_url="/srv/git/demo.git")
     builds = make_history(demo)
     failed = builds[6]
     add_logs_and_results(failed)
@@ -339,3 +349,111 @@ def add_logs_and_results(build):
         else:
             text += f"{job.name}: all good\n\n[trainyard: exited with 0 after 1.2s]\n"
         LogChunk.objects.create(job=job, seq=0, text=text)
+
+
+# The page's own logic, against a socket the test plays ------------------------------------
+
+SIGNATURE = """() => [...document.querySelectorAll('.rad-build')].map((card) => ({
+    classes: [...card.classList].sort(),
+    data: [card.dataset.buildId, card.dataset.status,
+           ...['created', 'started', 'finished'].map((k) => Date.parse(card.dataset[k]) || null)],
+    parts: ['build-status', 'branch', 'number', 'sha', 'who', 'message'].map(
+        (name) => card.querySelector(`[data-part="${name}"]`).textContent.trim()),
+    link: card.querySelector('[data-part="branch"]').getAttribute('href'),
+    icon: card.querySelector('[data-part="build-icon"]').getAttribute('href'),
+    jobs: [...card.querySelectorAll('.rad-job')].map((job) => [
+        [...job.classList].sort(), job.dataset.jobId, job.dataset.jobName, job.dataset.status,
+        job.title, job.querySelector('[data-part="job-status"]').textContent.trim(),
+        job.querySelector('[data-part="job-icon"]').getAttribute('href')]),
+}))"""
+
+
+def played_socket(page):
+    """Stand in for the server's socket: the test sends the events."""
+    sockets = []
+    page.route_web_socket(re.compile(r"/ws/radiators/"), lambda ws: sockets.append(ws))
+    return sockets
+
+
+def snapshot_requests(page):
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if "snapshot.json" in r.url else None)
+    return requests
+
+
+def event(kind, build, new, job=None, build_status=None):
+    payload = {"id": 1, "kind": kind, "new": new, "old": "", "message": "",
+               "created_at": timezone.now().isoformat(), "repository": "demo",
+               "build_id": build.pk, "job_id": job.pk if job else None, "data": {},
+               "build": {"id": build.pk, "status": build_status or build.status,
+                         "branch": build.branch, "sha": build.sha}}
+    if job:
+        payload["job"] = {"id": job.pk, "name": job.name, "status": new}
+    return json.dumps(payload)
+
+
+def test_it_renders_from_the_snapshot_what_the_server_renders(browser, page, asgi_server):
+    demo = RepositoryFactory(name="demo")
+    make_history(demo)
+    static = browser.new_context(java_script_enabled=False)
+    try:
+        server_side = static.new_page()
+        server_side.goto(f"{asgi_server.url}/radiators/demo/")
+        expected = server_side.evaluate(SIGNATURE)
+    finally:
+        static.close()
+    assert len(expected) == len(HISTORY)
+
+    sockets = played_socket(page)
+    open_radiator(page, asgi_server, "demo")
+    board = page.locator("#radiator")
+    expect(board).to_have_attribute("data-renders", "1")  # the snapshot read on connecting
+    page.evaluate("document.querySelector('[data-role=builds]').replaceChildren()")
+    expect(page.locator(".rad-build")).to_have_count(0)
+    newest = Build.objects.filter(repository=demo).first()
+    sockets[0].send(event("build.status", newest, newest.status))  # unknown here: re-render
+
+    expect(board).to_have_attribute("data-renders", "2")
+    expect(page.locator(".rad-build")).to_have_count(len(HISTORY))
+    assert page.evaluate(SIGNATURE) == expected
+    assert_not_reloaded(page)
+
+
+def test_it_applies_events_in_place_and_never_goes_back(page, asgi_server):
+    demo = RepositoryFactory(name="demo")
+    make_history(demo)
+    running = Build.objects.get(repository=demo, branch="fix/flaky-login-test")
+    smoke, lint = running.jobs.get(name="smoke"), running.jobs.get(name="lint")
+    oldest = Build.objects.filter(repository=demo).last()
+    older = BuildFactory(commit=CommitFactory(repository=demo), status="running")
+    Build.objects.filter(pk=older.pk).update(id=oldest.pk - 1)  # scrolled off the page
+    older.pk = oldest.pk - 1
+    sockets = played_socket(page)
+    fetched = snapshot_requests(page)
+    open_radiator(page, asgi_server, "demo")
+    expect(page.locator(".rad-build")).to_have_count(len(HISTORY))
+    card = build_card(page, running)
+    expect(page.locator("#radiator")).to_have_attribute("data-renders", "1")
+    socket = sockets[0]
+
+    socket.send(event("job.status", running, "running", job=smoke))
+    expect_build(page, running, "running", {"lint": "passed", "unit": "running",
+                                            "integration": "running", "smoke": "running"})
+    socket.send(event("job.status", running, "running", job=lint))  # late: lint had passed
+    socket.send(event("build.status", running, "failed"))
+    socket.send(event("build.status", running, "running"))  # late again
+    socket.send(event("job.status", older, "passed", job=None))  # not shown, and older
+    other = Build.objects.get(repository=demo, branch="feature/api-rate-limits")
+    socket.send(event("job.status", other, "passed", job=other.jobs.get(name="integration")))
+    # Events are handled in order: once the last one shows, the others have been handled.
+    expect_build(page, other, "running", {"lint": "passed", "unit": "passed",
+                                          "integration": "passed"})
+    expect_build(page, running, "failed", {"lint": "passed", "unit": "running",
+                                           "integration": "running", "smoke": "running"},
+                 timeout=1000)
+    expect(card.locator('[data-part="build-icon"]')).to_have_attribute("href", "#rad-i-failed")
+    expect(page.locator('[data-role="summary"]')).to_contain_text("1 running")
+    assert fetched == [f"{asgi_server.url}/radiators/demo/snapshot.json"], (
+        "events about builds on the page (or too old for it) need no snapshot")
+    expect(page.locator("#radiator")).to_have_attribute("data-renders", "1")
+    assert_not_reloaded(page)

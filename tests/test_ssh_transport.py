@@ -1,6 +1,7 @@
 """SSHTransport against real OpenSSH sshd nodes on loopback."""
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,10 @@ from nodes.transports.ssh import SSHTransport, fetch_host_key
 from tests.helpers import free_port, wait_until
 from tests.sshd import (  # noqa: F401 - fixtures
     ClientKey,
-    _alive,
     client_key,
     generate_key,
     keygen_fingerprint,
+    process_alive,
     ssh_nodes,
     sshd_factory,
 )
@@ -86,7 +87,7 @@ def test_it_kills_the_command_and_its_children_at_the_timeout(ssh, tmp_path):
     assert result.describe(timeout=1) == "killed after its timeout of 1s"
     for name in ("pid", "child"):
         pid = read_pid(tmp_path / name)
-        wait_until(lambda pid=pid: not _alive(pid), timeout=5, message=f"{name} {pid} to end")
+        wait_until(lambda pid=pid: not process_alive(pid), timeout=5, message=f"{name} {pid} to end")
 
 
 def test_it_stops_a_silent_command_at_the_idle_timeout(ssh, tmp_path):
@@ -95,7 +96,7 @@ def test_it_stops_a_silent_command_at_the_idle_timeout(ssh, tmp_path):
     assert result.idle_timed_out and output == "working\n"
     assert result.duration < 5
     pid = read_pid(tmp_path / "pid")
-    wait_until(lambda: not _alive(pid), timeout=5, message="the silent command to end")
+    wait_until(lambda: not process_alive(pid), timeout=5, message="the silent command to end")
 
 
 def test_it_cancels_a_running_command(ssh):
@@ -108,6 +109,17 @@ def test_it_cancels_a_running_command(ssh):
     result = ssh.run(["sh", "-c", "echo ready; sleep 60"], timeout=30, on_output=on_output,
                      cancel=cancel)
     assert result.cancelled and result.duration < 5
+
+
+def test_it_ends_the_command_when_the_caller_fails(ssh, tmp_path):
+    def on_output(text):
+        raise RuntimeError("the log store is gone")
+
+    with pytest.raises(RuntimeError, match="log store"):
+        ssh.run(["sh", "-c", 'echo $$ > "$1"; echo hi; sleep 60', "sh", str(tmp_path / "pid")],
+                timeout=30, on_output=on_output)
+    pid = read_pid(tmp_path / "pid")
+    wait_until(lambda: not process_alive(pid), timeout=5, message="the command to end")
 
 
 def test_it_ticks_while_the_command_runs(ssh):
@@ -136,9 +148,10 @@ def test_it_passes_env_and_cwd(ssh, tmp_path):
     assert not (folder / "pwned").exists()
 
 
-def test_it_refuses_an_invalid_env_name(ssh):
+@pytest.mark.parametrize("name", ["A;touch x", "A\n", "1A", "A B", ""])
+def test_it_refuses_an_invalid_env_name(ssh, name):
     with pytest.raises(TransportError, match="invalid environment variable name"):
-        ssh.run(["true"], env={"A;touch x": "1"}, timeout=5)
+        ssh.run(["true"], env={name: "1"}, timeout=5)
 
 
 def test_it_reuses_one_connection_for_commands_and_files(ssh, tmp_path):
@@ -196,6 +209,11 @@ def test_it_passes_hostile_arguments_literally(ssh, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_it_refuses_a_nul_byte(ssh):
+    with pytest.raises(TransportError, match="NUL byte"):
+        ssh.run(["echo", "a\x00b"], timeout=5)
+
+
 def test_it_runs_a_hostile_program_name_as_a_name(ssh, tmp_path):
     result, output = run(ssh, [f"true; touch {tmp_path}/p"])
     assert result.exit_code == 127 and not (tmp_path / "p").exists()
@@ -242,6 +260,19 @@ def test_it_fails_fast_on_a_closed_port(node):
     assert time.monotonic() - started < 2
     with pytest.raises(TransportError, match=f"127.0.0.1:{port}"):
         fetch_host_key("127.0.0.1", port, timeout=2)
+
+
+def test_it_gives_up_on_a_port_that_never_speaks_ssh(node):
+    with socket.socket() as silent:  # the kernel completes the TCP handshake; nobody talks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        transport = SSHTransport(**node.transport_kwargs(port=port, connect_timeout=1))
+        started = time.monotonic()
+        failed = f"SSH connection to 127.0.0.1:{port} failed: (no SSH handshake within 1s|error reading)"
+        with pytest.raises(TransportError, match=failed):
+            transport.run(["true"], timeout=5)
+        assert time.monotonic() - started < 5
 
 
 def test_it_reports_an_unknown_client_key(node, tmp_path):

@@ -14,6 +14,40 @@ import pytest
 
 from tests.helpers import free_port, wait_until
 
+NODE_COUNT = 10
+
+
+def free_port_run(count):
+    """The first of `count` consecutive free loopback ports."""
+    import socket
+
+    for _ in range(50):
+        first = free_port()
+        if first + count > 65000:
+            continue
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+def stop_node_apps(var):
+    """Demo apps started on the local nodes run detached: stop them."""
+    for pid_file in (var / "nodes").glob("*/shared/state/app.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pass
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +56,7 @@ def standalone(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "TRAINYARD_ENV")}
     env["TRAINYARD_VAR_DIR"] = str(tmp_path / "var")
+    env["TRAINYARD_NODE_FIRST_PORT"] = str(free_port_run(NODE_COUNT))
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "manage.py", "standalone", "--port", str(port)],
@@ -40,6 +75,7 @@ def standalone(tmp_path):
         wait_until(answers, timeout=90, interval=0.2, message="the standalone server")
         yield url, env, tmp_path
     finally:
+        stop_node_apps(tmp_path / "var")
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(15)
@@ -59,7 +95,14 @@ def test_it_builds_the_demo_branches_from_a_second_terminal(standalone):
     hello = bb(url, env, "feature/hello")
     assert hello.returncode == 0, hello.stdout + hello.stderr
     assert "build #" in hello.stdout and "passed" in hello.stdout
-    assert "unit" in hello.stdout and "lint" in hello.stdout and "integration" in hello.stdout
+    for job in ("lint", "unit", "integration", "deploy", "smoke"):
+        assert f"  {job}" in hello.stdout
+    node_url = hello.stdout.strip().splitlines()[-1].removeprefix("running at ")
+    sha = subprocess.run(["git", "-C", str(tmp / "var" / "demo-repo"), "rev-parse",
+                          "feature/hello"], capture_output=True, text=True, check=True).stdout.strip()
+    assert urllib.request.urlopen(node_url + "version", timeout=5).read().decode().strip() == sha
+    again = bb(url, env, "feature/hello")
+    assert again.returncode == 0 and again.stdout.strip().endswith(f"running at {node_url}")
     broken = bb(url, env, "feature/broken")
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "unit           failed" in broken.stdout

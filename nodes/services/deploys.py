@@ -45,10 +45,11 @@ def step_environment(node, build):
         tools = str(Path(sys.executable).parent)
         env.update({"PATH": os.pathsep.join([tools, "/usr/local/bin", "/usr/bin", "/bin"]),
                     "HOME": f"{node.base_path.rstrip('/')}/shared", "LANG": "C.UTF-8"})
+    env.update({str(k): str(v) for k, v in (node.env or {}).items()})
     return env
 
 
-def deploy_build(build, node, deploy_spec, *, log):
+def deploy_build(build, node, deploy_spec, *, log, on_tick=None):
     """Deploy `build.sha` to `node` (which the build holds). Returns the Deployment."""
     from pipeline.spec import Spec
 
@@ -68,19 +69,19 @@ def deploy_build(build, node, deploy_spec, *, log):
         lines.append(line)
         log(line + "\n")
 
-    result = _run_protocol(build, node, steps, log_line)
+    result = _run_protocol(build, node, steps, log_line, on_tick)
     _record(deployment, node, build, steps, result, "\n".join(lines))
     return deployment
 
 
-def _run_protocol(build, node, steps, log_line):
+def _run_protocol(build, node, steps, log_line, on_tick):
     try:
         archive, checksum = archive_for(build)
         with get_transport(node) as transport:
             return protocol.deploy_release(
                 transport, node.base_path, build.sha, archive, checksum, steps,
                 env=step_environment(node, build), log=log_line, host=node.host,
-                port=node.app_port)
+                port=node.app_port, on_tick=on_tick)
     except (TransportError, protocol.DeployError, OSError) as exc:
         log_line(f"!! {exc}")
         return protocol.DeployResult(ok=False, message=str(exc), sha=build.sha)

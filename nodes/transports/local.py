@@ -30,9 +30,6 @@ def _kill_group(proc):
 class LocalTransport(Transport):
     name = "local"
 
-    def __init__(self, base_env=None):
-        self.base_env = base_env
-
     def run(
         self,
         argv,
@@ -49,6 +46,8 @@ class LocalTransport(Transport):
         argv = [str(a) for a in argv]
         if not argv:
             raise TransportError("empty command")
+        if cwd is not None and not os.path.isdir(cwd):
+            raise TransportError(f"working directory does not exist: {cwd}")
         started = time.monotonic()
         try:
             # A new session makes the command the leader of its own process group, so a

@@ -47,7 +47,7 @@ POLL_SECONDS = 0.1
 READ_SIZE = 65536
 PID_MARKER = b"trainyard-pid:"
 MAX_HEAD_BYTES = 64 * 1024  # login noise tolerated before the pid line
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 
 
@@ -81,11 +81,20 @@ def fetch_host_key(host, port=22, timeout=DEFAULT_CONNECT_TIMEOUT):
         session.start_client(timeout=timeout)
         key = session.get_remote_server_key()
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise TransportError(f"could not read the host key of {where}: {_reason(exc)}") from exc
+        cause = _handshake_failure(session, timeout) or exc
+        raise TransportError(f"could not read the host key of {where}: {_reason(cause)}") from exc
     finally:
         session.close()
         sock.close()
     return key_line(key), key.fingerprint
+
+
+def _handshake_failure(session, timeout):
+    """Why the handshake failed, when the exception at hand only says "No existing
+    session": paramiko's thread may hold the cause, or it is still waiting."""
+    if session is None or session.initial_kex_done:
+        return None
+    return session.get_exception() or TimeoutError(f"no SSH handshake within {timeout}s")
 
 
 def _known_hosts_name(host, port):
@@ -100,7 +109,7 @@ def remote_command(argv, cwd=None, env=None):
     parts = ["echo trainyard-pid:$$"]
     if env:
         for name in env:
-            if not _ENV_NAME.match(str(name)):
+            if not _ENV_NAME.fullmatch(str(name)):
                 raise TransportError(f"invalid environment variable name: {name!r}")
         parts.append("export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
     if cwd is not None:
@@ -276,13 +285,16 @@ class SSHTransport(Transport):
                            channel_timeout=timeout, look_for_keys=False, allow_agent=False,
                            transport_factory=_ParamikoTransport)
         except Exception as exc:
+            # paramiko's own thread often holds the real cause ("Error reading SSH protocol
+            # banner") while the exception raised here only says "No existing session".
+            cause = _handshake_failure(client.get_transport(), timeout)
             client.close()
             sock.close()
-            raise self._connect_error(exc, expected) from exc
+            raise self._connect_error(exc, expected, cause) from exc
         client.get_transport().set_keepalive(self.keepalive)
         return client
 
-    def _connect_error(self, exc, expected):
+    def _connect_error(self, exc, expected, cause=None):
         if isinstance(exc, paramiko.BadHostKeyException):
             return TransportError(
                 f"host key mismatch for {self.where}: expected {expected.get_name()} "
@@ -292,9 +304,7 @@ class SSHTransport(Transport):
         if isinstance(exc, paramiko.AuthenticationException):
             return TransportError(f"authentication as {self.username} failed on {self.where}: "
                                   f"{_reason(exc)}")
-        if isinstance(exc, paramiko.SSHException | OSError | EOFError):
-            return TransportError(f"SSH connection to {self.where} failed: {_reason(exc)}")
-        return TransportError(f"SSH connection to {self.where} failed: {exc!r}")
+        return TransportError(f"SSH connection to {self.where} failed: {_reason(cause or exc)}")
 
     def close(self):
         sftp, client = self._sftp, self._client
@@ -314,21 +324,19 @@ class SSHTransport(Transport):
         if not argv:
             raise TransportError("empty command")
         command = remote_command(argv, cwd, env)
+        if "\x00" in command:  # a shell string cannot carry it; locally exec refuses it too
+            raise TransportError("a NUL byte in the command, its environment or working directory")
         started = time.monotonic()
         channel = self._open_channel(command, argv)
         gate = OutputGate(on_output, output_cap)
         stream = _PidLine(gate)
         result = CommandResult(exit_code=None, duration=0.0)
         try:
-            eof = self._pump(channel, stream, result, started, timeout, idle_timeout, cancel, on_tick)
-            stopped = result.timed_out or result.idle_timed_out or result.cancelled
-            if stopped:
-                self._stop_remote(channel, stream.pid)
-            elif not eof and stream.pid and self._alive(channel):
-                # The command exited but something it started still holds the output open.
-                self._signal_group(stream.pid, "KILL")
+            self._pump(channel, stream, result, started, timeout, idle_timeout, cancel, on_tick)
         finally:
+            self._end(channel, stream.pid)
             channel.close()
+        stopped = result.timed_out or result.idle_timed_out or result.cancelled
         stream.flush()
         gate.close()
         result.exit_code = self._exit_code(channel, argv, stopped)
@@ -350,7 +358,7 @@ class SSHTransport(Transport):
 
     @staticmethod
     def _pump(channel, stream, result, started, timeout, idle_timeout, cancel, on_tick):
-        """Read output until the command ends or a limit stops it. Returns True at EOF."""
+        """Read output until the command ends or a limit stops it."""
         last_output = started
         exited_at = None
         eof = False
@@ -360,19 +368,19 @@ class SSHTransport(Transport):
             now = time.monotonic()
             if timeout is not None and now - started > timeout:
                 result.timed_out = True
-                return eof
+                return
             if idle_timeout is not None and now - last_output > idle_timeout:
                 result.idle_timed_out = True
-                return eof
+                return
             if cancel is not None and cancel.is_set():
                 result.cancelled = True
-                return eof
+                return
             if channel.exit_status_ready():
                 # Done; give straggling output a moment, not forever (a background child
                 # may hold the output open).
                 exited_at = exited_at or now
                 if eof or now - exited_at > EXIT_GRACE_SECONDS:
-                    return eof
+                    return
             if eof:
                 channel.status_event.wait(POLL_SECONDS)
                 continue
@@ -389,12 +397,17 @@ class SSHTransport(Transport):
     def _alive(self, channel):
         return not channel.closed and channel.get_transport().is_active()
 
-    def _stop_remote(self, channel, pid):
-        """SIGTERM the command's process group, SIGKILL it after a grace period."""
+    def _end(self, channel, pid):
+        """Nothing of the command outlives run(), as with LocalTransport."""
         if pid is None or not self._alive(channel):
             return  # nothing we can signal: the node is gone or never said who runs
-        if self._signal_group(pid, "TERM"):
-            channel.status_event.wait(KILL_GRACE_SECONDS)
+        if not channel.exit_status_ready():
+            # Stopped by a limit, a cancel or an error: TERM the group, KILL after a grace.
+            if self._signal_group(pid, "TERM"):
+                channel.status_event.wait(KILL_GRACE_SECONDS)
+                self._signal_group(pid, "KILL")
+        elif not channel.eof_received:
+            # It exited, but something it started still holds the output open.
             self._signal_group(pid, "KILL")
 
     def _signal_group(self, pid, name):

@@ -112,7 +112,7 @@ def run_deploy_job(job):
                       message=f"deploying to {node.name}"):
         return None
     log = LogWriter(job)
-    deployment = deploy_build(build, node, build.spec["deploy"], log=log.write)
+    deployment = deploy_build(build, node, build.spec["deploy"], log=log.write, on_tick=log.tick)
     log.flush()
     if deployment.status == deployment.Status.SUCCEEDED:
         from pipeline.models import Build

@@ -42,6 +42,7 @@
   let fetching = false;
   let fetchAgain = false;
   let pending = [];
+  let renders = 0;
 
   // Small helpers --------------------------------------------------------------------
 
@@ -159,10 +160,12 @@
   }
 
   function render(snapshot) {
+    renders += 1;
     setSkew(snapshot.now);
     reconcile(list, snapshot.builds, (build) => findBuild(build.id),
       () => clone(buildTemplate), fillBuild);
     empty.hidden = snapshot.builds.length > 0;
+    root.dataset.renders = String(renders); // how many snapshots this page has shown
     tick();
   }
 
@@ -334,7 +337,22 @@
       }
       setText(part(card, "duration"), duration);
     }
-    setText(summary, STATUSES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`).join(" · "));
+    showSummary(counts);
+  }
+
+  let summaryKey = null;
+
+  function showSummary(counts) {
+    const shown = STATUSES.filter((status) => counts[status]);
+    const key = shown.map((status) => `${counts[status]} ${status}`).join(" · ");
+    if (key === summaryKey) return;
+    summaryKey = key;
+    summary.replaceChildren(...shown.flatMap((status, index) => {
+      const count = document.createElement("span");
+      count.className = `rad-count status-${status}`;
+      count.textContent = `${counts[status]} ${status}`;
+      return index ? [" · ", count] : [count];
+    }));
   }
 
   setSkew(config.serverNow);
