@@ -15,6 +15,9 @@ from tests.helpers import FAST_SPEC, GitRepo, free_port, require, wait_until
 
 QUEUES = ["default", "checks", "deploys"]
 
+# Real sshd nodes on loopback: client_key, sshd_factory, ssh_nodes.
+pytest_plugins = ["tests.sshd"]
+
 
 def pytest_sessionstart(session):
     if os.environ.get("TRAINYARD_TEST_SERVICES") != "1":

@@ -5,7 +5,7 @@
 the listener *and* every process it forked (live sessions, the commands they run) are
 killed, which is what a node dying looks like to a client already connected.
 
-Import the fixtures into a test module: `from tests.sshd import client_key, ssh_nodes`.
+tests/conftest.py loads this module as a plugin, so its fixtures are there in every test.
 """
 
 import os

@@ -8,7 +8,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from pipeline.models import ApiToken, Build
-from tests.helpers import FAST_SPEC
 
 pytestmark = pytest.mark.django_db
 

@@ -25,7 +25,6 @@ from pipeline.services.builds import end_build, request_build
 from pipeline.services.pulls import close_pull_request, open_pull_request, sync_pull_requests
 from tests.factories import BuildFactory, RepositoryFactory
 from tests.helpers import GitRepo, free_port, wait_until
-from tests.sshd import client_key, ssh_nodes, sshd_factory  # noqa: F401 - fixtures
 
 VENV_BIN = str(Path(sys.executable).parent)
 

@@ -84,7 +84,8 @@ def test_it_kills_a_hanging_check_with_its_children_at_its_timeout(worker, repos
 
 def test_it_caps_a_flood_of_output_and_still_ends(worker, repository, git_repo, settings):
     settings.TRAINYARD = {**settings.TRAINYARD, "OUTPUT_CAP_BYTES": 256 * 1024}
-    flood = "import sys\nchunk = 'x' * 1023 + '\\n'\nfor _ in range(50 * 1024):\n    sys.stdout.write(chunk)\n"
+    flood = ("import sys\nchunk = 'x' * 1023 + '\\n'\n"
+             "for _ in range(50 * 1024):\n    sys.stdout.write(chunk)\n")
     git_repo.commit({"flood.py": flood, "trainyard.yml": "checks:\n  flood: python flood.py\n"},
                     branch="feature/flood")
     build, _ = request_build(repository, "feature/flood")
@@ -163,7 +164,8 @@ def test_it_stores_junit_results(worker, repository, git_repo):
     report = """<?xml version="1.0"?>
 <testsuites><testsuite name="unit" tests="3">
   <testcase classname="t.test_a" name="test_ok" time="0.01"/>
-  <testcase classname="t.test_a" name="test_bad" time="0.02"><failure message="assert 1 == 2">trace</failure></testcase>
+  <testcase classname="t.test_a" name="test_bad" time="0.02">
+    <failure message="assert 1 == 2">trace</failure></testcase>
   <testcase classname="t.test_a" name="test_skip"><skipped message="later"/></testcase>
 </testsuite></testsuites>"""
     git_repo.commit({"report.xml": report,

@@ -27,7 +27,6 @@ from nodes.deploy import (
 from nodes.transports import LocalTransport
 from nodes.transports.ssh import SSHTransport
 from tests.helpers import GitRepo, free_port
-from tests.sshd import client_key, ssh_nodes, sshd_factory  # noqa: F401 - fixtures
 
 START = """\
 import os, pathlib, sys
@@ -339,7 +338,7 @@ def test_it_only_restarts_the_release_that_is_already_current(target, app, archi
 # A node dying in the middle -------------------------------------------------------------------
 
 @pytest.mark.ssh
-def test_it_leaves_current_when_the_node_dies_mid_deploy(sshd_factory, app, archives, tmp_path):  # noqa: F811
+def test_it_leaves_current_when_the_node_dies_mid_deploy(sshd_factory, app, archives, tmp_path):
     node = sshd_factory()
     health = HealthServer(tmp_path / "state")
     target = Target(SSHTransport(**node.transport_kwargs()), tmp_path / "node", tmp_path / "state",

@@ -7,7 +7,7 @@ import pytest
 from nodes.models import Deployment, Node
 from pipeline.models import Event
 from tests.factories import BuildFactory
-from tests.sshd import client_key, keygen_fingerprint, ssh_nodes, sshd_factory  # noqa: F401
+from tests.sshd import keygen_fingerprint
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from django.db import connections  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
-from pipeline.models import Build, Job, LogChunk, TestResult  # noqa: E402
+from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult  # noqa: E402
 from pipeline.services.builds import request_build  # noqa: E402
 from tests.factories import (  # noqa: E402
     BuildFactory,
@@ -314,9 +314,13 @@ def test_it_styles_the_build_and_repository_pages(page, asgi_server, developer, 
     page.screenshot(path=screenshot_path(tmp_path, "build.png"), full_page=True,
                     animations="disabled")
 
+    for number, build in enumerate([builds[1], builds[6], builds[10]], start=41):
+        PullRequest.objects.create(repository=demo, number=number, branch=build.branch,
+                                   title=build.commit.message, author_name=build.commit.author_name,
+                                   head_sha=build.sha)
     page.goto(f"{asgi_server.url}/repos/demo/")
-    expect(page.locator(".build-form button")).to_have_text("Build branch")
-    expect(page.locator("table.builds tbody tr")).to_have_count(len(builds))
+    expect(page.locator(".build-form button").first).to_have_text("Build branch")
+    expect(page.locator("table.builds").last.locator("tbody tr")).to_have_count(len(builds))
     expect(page.locator("table.builds .badge.failed").first).to_have_css(
         "background-color", "rgb(253, 226, 226)")
     page.screenshot(path=screenshot_path(tmp_path, "repository.png"), full_page=True,

@@ -11,21 +11,13 @@ import pytest
 from nodes.transports import TransportError
 from nodes.transports.ssh import SSHTransport, fetch_host_key
 from tests.helpers import free_port, wait_until
-from tests.sshd import (  # noqa: F401 - fixtures
-    ClientKey,
-    client_key,
-    generate_key,
-    keygen_fingerprint,
-    process_alive,
-    ssh_nodes,
-    sshd_factory,
-)
+from tests.sshd import ClientKey, generate_key, keygen_fingerprint, process_alive
 
 pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture
-def node(ssh_nodes):  # noqa: F811
+def node(ssh_nodes):
     return ssh_nodes[0]
 
 
@@ -226,7 +218,7 @@ def test_it_accepts_the_pinned_host_key(node):
         assert run(transport, ["true"])[0].ok
 
 
-def test_it_refuses_a_changed_host_key_naming_both_fingerprints(ssh_nodes):  # noqa: F811
+def test_it_refuses_a_changed_host_key_naming_both_fingerprints(ssh_nodes):
     node, other = ssh_nodes[0], ssh_nodes[1]
     transport = SSHTransport(**node.transport_kwargs(host_key=other.host_key))
     with pytest.raises(TransportError) as caught:
@@ -290,7 +282,7 @@ def test_it_accepts_the_private_key_as_text(node):
         assert run(transport, ["true"])[0].ok
 
 
-def test_it_reports_a_node_dying_mid_command(sshd_factory, tmp_path):  # noqa: F811
+def test_it_reports_a_node_dying_mid_command(sshd_factory, tmp_path):
     node = sshd_factory()
     transport = SSHTransport(**node.transport_kwargs())
     killer = threading.Thread(target=node.stop)
