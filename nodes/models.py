@@ -30,7 +30,10 @@ class Node(models.Model):
     class Health(models.TextChoices):
         UNKNOWN = "unknown"
         HEALTHY = "healthy"
-        UNHEALTHY = "unhealthy"
+        # Reachable, but the deployed app does not answer its health URL. Still allocatable:
+        # a deploy restarts the app, and excluding these would leave a rebooted pool empty.
+        DEGRADED = "degraded"
+        UNHEALTHY = "unhealthy"  # unreachable through its transport: never allocated
 
     name = models.SlugField(max_length=100, unique=True)
     environment = models.CharField(max_length=20, choices=Environment.choices,

@@ -338,3 +338,21 @@ def test_hostile_branch_names_never_run_anything_on_the_node(worker, ssh_pool, t
     assert not marker.exists()
     assert not any(p.name.startswith("typwn") for node in ssh_pool
                    for p in Path(node.base_path).rglob("*"))
+
+
+@pytest.mark.django_db
+def test_the_beat_task_checks_every_enabled_node(local_nodes, tmp_path):
+    from nodes.tasks import check_node_health
+
+    up, app_down, off = local_nodes(3)
+    Node.objects.filter(pk=app_down.pk).update(current_sha="a" * 40,
+                                                health_url=f"http://127.0.0.1:{free_port()}/health")
+    Node.objects.filter(pk=off.pk).update(enabled=False)
+    check_node_health.apply()
+    states = dict(Node.objects.values_list("name", "health"))
+    assert states == {up.name: "healthy", app_down.name: "degraded", off.name: "unknown"}
+    # A node whose app is down is still where a deploy can go: the deploy restarts it.
+    assert allocate_node(BuildFactory()) in (up, app_down)
+    Node.objects.filter(pk=up.pk).update(base_path="/nonexistent/x", transport="ssh", host_key="")
+    check_node_health.apply()
+    assert Node.objects.get(pk=up.pk).health == "unhealthy"

@@ -1,4 +1,5 @@
-"""Node health: reachable through its transport, then its app's health URL if deployed."""
+"""Node health: reachable through its transport (else unhealthy), then its app's health
+URL if one is deployed (else degraded)."""
 
 import time
 import urllib.error
@@ -53,7 +54,7 @@ def check_node(node):
     if node.current_sha and node.health_url:
         healthy, message = _probe_url(node.health_url)
         if not healthy:
-            return record_health(node, Node.Health.UNHEALTHY, message)
+            return record_health(node, Node.Health.DEGRADED, message)
     latency = int((time.monotonic() - started) * 1000)
     return record_health(node, Node.Health.HEALTHY, message, latency)
 

@@ -177,22 +177,31 @@
     const card = findBuild(event.build_id);
     if (!card) return olderThanShown(event.build_id);
     if (event.kind === "build.status" || event.kind === "build.requested") {
-      if (advance(card, event.new, "build")) {
-        if (event.new === "running") card.dataset.started = event.created_at || "";
+      advance(card, event.new, "build");
+      if (card.dataset.status === event.new) {
+        // The build's own event has the time and the reason (another event's payload
+        // may have moved the status already).
+        if (event.new === "running" && !card.dataset.started) {
+          card.dataset.started = event.created_at || "";
+        }
         if (ENDED.has(event.new)) {
-          card.dataset.finished = event.created_at || "";
+          card.dataset.finished = event.created_at || card.dataset.finished;
           setText(part(card, "message"), event.message);
         }
       }
-    } else if (event.kind === "job.status" && event.job_id) {
+    } else if (event.job_id) {
+      // job.status, and whatever else is about a job (job.waiting: for a branch node).
       const pill = findJob(card, event.job_id);
-      if (!pill) return false;
-      advance(pill, event.new, "job");
+      if (!pill) return false; // a job of a new stage (deploy, smoke): the snapshot has it
+      if (event.kind === "job.status") advance(pill, event.new, "job");
       if (event.job) advance(pill, event.job.status, "job");
-      pill.title = `${pill.dataset.jobName}: ${pill.dataset.status}`;
+      const note = event.message ? ` · ${event.message}` : "";
+      pill.title = `${pill.dataset.jobName}: ${pill.dataset.status}${note}`;
     }
     // The payload carries the build's status as of publishing: it may be newer.
-    if (event.build) advance(card, event.build.status, "build");
+    if (event.build && advance(card, event.build.status, "build") && ENDED.has(event.build.status)) {
+      card.dataset.finished = card.dataset.finished || event.created_at || "";
+    }
     return true;
   }
 
