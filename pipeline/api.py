@@ -118,8 +118,8 @@ def command(request, repository):
 def pull_collection(request, repository):
     repository = get_object_or_404(Repository, name=repository)
     if request.method == "GET":
-        pulls = repository.pull_requests.all()[:100]
-        return JsonResponse({"pull_requests": [pull_to_dict(pr) for pr in pulls]})
+        recent = repository.pull_requests.all()[:100]
+        return JsonResponse({"pull_requests": [pull_to_dict(pr) for pr in recent]})
     if request.method != "POST":
         return JsonResponse({"error": "use GET or POST"}, status=405)
     try:

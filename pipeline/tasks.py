@@ -3,7 +3,7 @@ each service claims its row with a status transition first."""
 
 from celery import shared_task
 
-from pipeline.services import builds, jobs, reaper
+from pipeline.services import builds, jobs, pulls, reaper
 
 
 @shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
@@ -29,8 +29,4 @@ def dispatch_waiting_deploys():
 
 @shared_task(time_limit=300)
 def sync_pull_requests():
-    from pipeline.models import Repository
-    from pipeline.services.pulls import sync_pull_requests as sync
-
-    for repository in Repository.objects.filter(provider="local"):
-        sync(repository)
+    pulls.sync_local_repositories()

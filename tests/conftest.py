@@ -47,8 +47,9 @@ def _isolated_workspaces(settings, tmp_path):
 
 @pytest.fixture
 def developer(db):
-    """A team member who may build branches."""
-    return UserFactory(username="dev", perms=["pipeline.add_build"])
+    """A team member who may build branches and open or close pull requests."""
+    return UserFactory(username="dev", perms=["pipeline.add_build", "pipeline.add_pullrequest",
+                                              "pipeline.change_pullrequest"])
 
 
 @pytest.fixture

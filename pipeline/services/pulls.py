@@ -71,3 +71,16 @@ def sync_pull_requests(repository):
             close_pull_request(pr, reason="its branch was deleted")
             continue
         record_push(repository, pr.branch, head)
+
+
+def sync_local_repositories():
+    """The beat task's work: every local repository, one failure not stopping the rest."""
+    import logging
+
+    from pipeline.models import Repository
+
+    for repository in Repository.objects.filter(provider=Repository.Provider.LOCAL):
+        try:
+            sync_pull_requests(repository)
+        except git.GitError:
+            logging.getLogger(__name__).exception("could not sync %s", repository.name)
