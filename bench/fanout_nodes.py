@@ -4,11 +4,12 @@ every tool is checked against after a round (the node folders are on this machin
 import os
 import shlex
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.sshd import ClientKey, SshdNode, generate_key
+from tests.sshd import ClientKey, SshdNode, _children, generate_key
 
 
 @dataclass
@@ -72,6 +73,27 @@ def start_nodes(folder, key, count, started):
 def stop_nodes(started):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda node: node.stop(), started))
+
+
+def node_cpu(targets):
+    """CPU seconds the nodes' sshd have used, with every finished process below them
+    (sessions, shells, tar, sha256sum...: a reaped child's time is added to its parent's)."""
+    total = 0
+    for target in targets:
+        fields = Path(f"/proc/{target.sshd.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(targets, timeout=10):
+    """Until every connection to the nodes has ended and been reaped (for `node_cpu`)."""
+    deadline = time.monotonic() + timeout
+    busy = list(targets)
+    while busy and time.monotonic() < deadline:
+        busy = [t for t in busy if _children(t.sshd.pid)]
+        if busy:
+            time.sleep(0.02)
+    return not busy
 
 
 def known_hosts_text(targets):

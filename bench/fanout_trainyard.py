@@ -103,8 +103,9 @@ class Bench:
     def prepare(self, count, bases, round_no):
         """Untimed: point the first `count` nodes at fresh folders, one deploy job each."""
         from nodes.models import Node
-        from pipeline.models import Job
+        from pipeline.models import Event, Job
 
+        self.event_mark = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
         nodes = self.nodes[:count]
         for node, base in zip(nodes, bases, strict=True):
             Node.objects.filter(pk=node.pk).update(base_path=str(base), current_sha="")
@@ -132,8 +133,8 @@ class Bench:
         finally:
             connection.close()
 
-    def check(self, deployments):
-        """Untimed: every deploy succeeded, with its events and log stored."""
+    def check(self, deployments, jobs):
+        """Untimed: every deploy succeeded and left its events and its log."""
         from nodes.models import Deployment
         from pipeline.models import Event, LogChunk
 
@@ -141,12 +142,13 @@ class Bench:
         if failed:
             raise RuntimeError(f"{len(failed)} Trainyard deploy(s) failed; first: {failed[0].message}\n"
                                f"{failed[0].log[-3000:]}")
-        ids = [d.pk for d in deployments]
-        events = Event.objects.filter(kind__startswith="deployment.", node_id__in=[d.node_id for d in
-                                                                                    deployments])
-        assert events.count() >= 2 * len(ids), "missing deployment events"
-        assert LogChunk.objects.filter(job__name__in=[]).count() == 0
-        return ids
+        events = Event.objects.filter(id__gt=self.event_mark)
+        started = events.filter(kind="deployment.started").count()
+        ended = events.filter(kind="deployment.status", new=Deployment.Status.SUCCEEDED).count()
+        logged = LogChunk.objects.filter(job__in=jobs).values("job").distinct().count()
+        if not started == ended == logged == len(deployments):
+            raise RuntimeError(f"missing records: {started} start and {ended} end events, {logged} "
+                               f"logs for {len(deployments)} deploys")
 
 
 def git(*args, cwd):

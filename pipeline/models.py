@@ -13,7 +13,8 @@ class Repository(models.Model):
         LOCAL = "local", "Local git"
         GITHUB = "github", "GitHub"
 
-    name = models.SlugField(max_length=100, unique=True)
+    # 80: the radiator's channel group "radiator.<name>" must stay within Channels' 100.
+    name = models.SlugField(max_length=80, unique=True)
     clone_url = models.CharField(
         max_length=500, help_text="A path to a local git repository, or a URL git can clone."
     )

@@ -83,7 +83,7 @@ def repository(db, git_repo):
 # Celery -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def _celery_worker(django_db_setup):
+def _celery_worker(django_db_setup, django_db_blocker):
     from celery.contrib.testing.worker import start_worker
 
     from pipeline.celery import app
@@ -91,6 +91,14 @@ def _celery_worker(django_db_setup):
     with start_worker(app, pool="threads", concurrency=6, perform_ping_check=False,
                       queues=QUEUES, shutdown_timeout=30, loglevel="WARNING") as worker:
         yield worker
+    # Connections the worker's threads still hold would keep PostgreSQL from dropping the
+    # test database at the end of the session: end them.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                           " WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture

@@ -194,3 +194,17 @@ def test_it_stores_output_while_the_job_runs(worker, repository, git_repo, tmp_p
     gate.touch()
     build_ended(build)
     assert build.status == "passed"
+
+
+def test_a_crash_inside_trainyard_ends_the_job_in_error(worker, repository, monkeypatch):
+    from pipeline.services import jobs
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("bug in a storage layer")
+
+    monkeypatch.setattr(jobs, "_store_outcome", explode)
+    build, _ = request_build(repository, "master")
+    build_ended(build)
+    assert build.status == "error"
+    job = build.jobs.first()
+    assert job.status == "error" and "bug in a storage layer" in job.message

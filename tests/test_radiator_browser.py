@@ -4,36 +4,72 @@ the snapshot. Also writes the screenshots in docs/screenshots/ when
 TRAINYARD_SCREENSHOTS=1 (elsewhere they go to a temp folder, so runs leave no changes).
 """
 
+import hashlib
+import json
 import os
+import re
+import threading
+from datetime import timedelta
+from pathlib import Path
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
-# here are plain blocking calls all the same.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+import pytest
+from django.db import connections
+from django.utils import timezone
+from playwright.sync_api import expect, sync_playwright
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import threading  # noqa: E402
-from datetime import timedelta  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-from django.db import connections  # noqa: E402
-from django.utils import timezone  # noqa: E402
-from playwright.sync_api import expect  # noqa: E402
-
-from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult  # noqa: E402
-from pipeline.services.builds import request_build  # noqa: E402
-from tests.factories import (  # noqa: E402
-    BuildFactory,
-    CommitFactory,
-    JobFactory,
-    RepositoryFactory,
-    UserFactory,
-)
-from tests.helpers import wait_until  # noqa: E402
+from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult
+from pipeline.services.builds import request_build
+from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+# Playwright for this module only ------------------------------------------------------
+#
+# Playwright's sync API keeps an event loop running in the main thread for as long as it
+# lives. Django then refuses ORM calls there (SynchronousOnlyOperation) and
+# `async_to_sync` refuses to run (events published from this thread are lost). So the
+# ORM is allowed for this module's tests only, and Playwright stops when the module
+# ends: tests after it get a clean main thread, and no subprocess they start (such as
+# `manage.py check --deploy`) inherits DJANGO_ALLOW_ASYNC_UNSAFE.
+
+@pytest.fixture(scope="module", autouse=True)
+def _orm_beside_playwright():
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture(scope="module")
+def playwright(_orm_beside_playwright, _pw_api_request_contexts):
+    pw = sync_playwright().start()
+    if _pw_api_request_contexts:
+        _pw_api_request_contexts.instrument(pw)
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name):
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def browser_context_args():
+    # pytest-playwright's own (session-scoped) one would start Playwright for the session.
+    return {"viewport": {"width": 1920, "height": 1080}}  # a wall screen, as in conftest
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type, browser_type_launch_args):
+    browser = browser_type.launch(**browser_type_launch_args)
+    yield browser
+    browser.close()
 
 SECONDS = 1000
 LIVE = 30 * SECONDS  # a real build through a real worker: generous, never slept through
@@ -385,8 +421,8 @@ def snapshot_requests(page):
     return requests
 
 
-def event(kind, build, new, job=None, build_status=None):
-    payload = {"id": 1, "kind": kind, "new": new, "old": "", "message": "",
+def event(kind, build, new, job=None, build_status=None, message=""):
+    payload = {"id": 1, "kind": kind, "new": new, "old": "", "message": message,
                "created_at": timezone.now().isoformat(), "repository": "demo",
                "build_id": build.pk, "job_id": job.pk if job else None, "data": {},
                "build": {"id": build.pk, "status": build_status or build.status,
@@ -444,7 +480,10 @@ def test_it_applies_events_in_place_and_never_goes_back(page, asgi_server):
     expect_build(page, running, "running", {"lint": "passed", "unit": "running",
                                             "integration": "running", "smoke": "running"})
     socket.send(event("job.status", running, "running", job=lint))  # late: lint had passed
-    socket.send(event("build.status", running, "failed"))
+    unit = running.jobs.get(name="unit")
+    # Published after the build had failed too: the payload's build status moves the row.
+    socket.send(event("job.status", running, "failed", job=unit, build_status="failed"))
+    socket.send(event("build.status", running, "failed", message="failed: unit"))
     socket.send(event("build.status", running, "running"))  # late again
     socket.send(event("job.status", older, "passed", job=None))  # not shown, and older
     other = Build.objects.get(repository=demo, branch="feature/api-rate-limits")
@@ -452,9 +491,10 @@ def test_it_applies_events_in_place_and_never_goes_back(page, asgi_server):
     # Events are handled in order: once the last one shows, the others have been handled.
     expect_build(page, other, "running", {"lint": "passed", "unit": "passed",
                                           "integration": "passed"})
-    expect_build(page, running, "failed", {"lint": "passed", "unit": "running",
+    expect_build(page, running, "failed", {"lint": "passed", "unit": "failed",
                                            "integration": "running", "smoke": "running"},
                  timeout=1000)
+    expect(card.locator('[data-part="message"]')).to_have_text("failed: unit")
     expect(card.locator('[data-part="build-icon"]')).to_have_attribute("href", "#rad-i-failed")
     expect(page.locator('[data-role="summary"]')).to_contain_text("1 running")
     assert fetched == [f"{asgi_server.url}/radiators/demo/snapshot.json"], (

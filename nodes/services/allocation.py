@@ -40,7 +40,8 @@ def allocate_node(build):
                 node_id=node_id, defaults={"repository_id": build.repository_id,
                                            "branch": build.branch})
             node = Node.objects.get(pk=node_id)
-            record_event("node.allocated", subject=node, new=build.branch,
+            record_event("node.allocated", subject=node, data={"branch": build.branch,
+                                                                "build": build.pk},
                          message=f"{node.name} serves {build.branch} for build #{build.pk}")
             return node
     return None
@@ -59,7 +60,7 @@ def forget_branch(repository, branch, reason):
         return None
     node = lease.node
     lease.delete()
-    record_event("node.freed", subject=node, old=branch,
+    record_event("node.freed", subject=node, data={"branch": branch},
                  message=f"{node.name} no longer serves {branch}: {reason}")
     return node
 

@@ -197,13 +197,15 @@ def finish_build_if_done(build_id):
 
 
 def end_build(build, outcome, message):
-    ended = transition(build, outcome, finished_at=timezone.now(), message=message)
-    if ended:
-        from nodes.services.allocation import release_node
+    from nodes.services.allocation import release_node
 
-        release_node(build)
-        transaction.on_commit(prune_workspaces)
-        transaction.on_commit(dispatch_waiting_deploys)
+    # One transaction: nobody sees an ended build that still holds its node.
+    with transaction.atomic():
+        ended = transition(build, outcome, finished_at=timezone.now(), message=message)
+        if ended:
+            release_node(build)
+            transaction.on_commit(prune_workspaces)
+            transaction.on_commit(dispatch_waiting_deploys)
     return ended
 
 

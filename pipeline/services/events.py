@@ -21,7 +21,11 @@ def _scope(subject):
 
 
 def record_event(kind, *, subject=None, old="", new="", actor=None, message="", data=None):
+    """`old` and `new` are statuses (short words); anything else goes in `data`."""
     from pipeline.models import Event
+
+    if len(old or "") > 30 or len(new or "") > 30:
+        raise ValueError(f"{kind}: old/new hold statuses, not {old!r} / {new!r}")
     from radiators.events import publish
 
     event = Event.objects.create(

@@ -1,5 +1,6 @@
 """Run one job of a build: a command in the build's checkout, output stored as it comes."""
 
+import logging
 import os
 import re
 import sys
@@ -16,6 +17,7 @@ from pipeline.services.builds import finish_build_if_done, workspace_for
 from pipeline.services.junit import ReportError, parse_junit
 from pipeline.statemachine import transition
 
+logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.25
 FLUSH_BYTES = 64 * 1024
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -89,13 +91,25 @@ def run_job(job_id):
     if job is None:
         return None
     if job.stage == "deploy":
-        return run_deploy_job(job)
+        return _guarded(job, run_deploy_job)
     if not transition(job, Job.Status.RUNNING, started_at=timezone.now()):
         return None
     extra = {"TARGET_URL": job.build.deploy_url} if job.stage == "smoke" else None
-    _run_command_job(job, extra)
+    _guarded(job, _run_command_job, extra)
     finish_build_if_done(job.build_id)
     return job
+
+
+def _guarded(job, work, *args):
+    """A bug in Trainyard must end the job in error, not leave it running forever."""
+    try:
+        return work(job, *args)
+    except Exception as exc:
+        logger.exception("job %s crashed", job.pk)
+        transition(job, Job.Status.ERROR, finished_at=timezone.now(),
+                   message=f"Trainyard failed while running this job: {exc!r}"[:2000])
+        finish_build_if_done(job.build_id)
+        return job
 
 
 def run_deploy_job(job):

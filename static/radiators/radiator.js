@@ -19,6 +19,7 @@
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const STABLE_MS = 5000; // a connection that lasts this long resets the backoff
+  const CONNECT_TIMEOUT_MS = 10000; // a handshake that hangs is given up and retried
   const SNAPSHOT_RETRY_MS = 3000;
   const SAFETY_REFRESH_MS = 60000; // re-read the snapshot now and then: a lost event heals
 
@@ -43,6 +44,7 @@
   let fetchAgain = false;
   let pending = [];
   let renders = 0;
+  let retryAt = 0; // when the next connection attempt is due, while disconnected
 
   // Small helpers --------------------------------------------------------------------
 
@@ -248,7 +250,7 @@
         pending = [];
         for (const event of queued) if (!applyEvent(event)) fetchAgain = true;
       } while (fetchAgain && rounds < 3);
-      snapshotTimer = setTimeout(refreshSnapshot, SAFETY_REFRESH_MS);
+      snapshotTimer = setTimeout(refreshSnapshot, fetchAgain ? SNAPSHOT_RETRY_MS : SAFETY_REFRESH_MS);
     } catch (error) {
       pending = [];
       snapshotTimer = setTimeout(refreshSnapshot, SNAPSHOT_RETRY_MS);
@@ -271,6 +273,7 @@
 
   function connect() {
     clearTimeout(retryTimer);
+    retryAt = 0;
     setConnection(attempts ? "reconnecting" : "connecting");
     let ws;
     try {
@@ -280,7 +283,9 @@
       return;
     }
     socket = ws;
+    const handshake = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
     ws.addEventListener("open", () => {
+      clearTimeout(handshake);
       if (socket !== ws) return;
       setConnection("live");
       stableTimer = setTimeout(() => { attempts = 0; }, STABLE_MS);
@@ -297,6 +302,7 @@
       onEvent(event);
     });
     ws.addEventListener("close", () => {
+      clearTimeout(handshake);
       if (socket !== ws) return;
       socket = null;
       clearTimeout(stableTimer);
@@ -308,8 +314,14 @@
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempts);
     const delay = Math.round(base * (0.75 + Math.random() * 0.5));
     attempts += 1;
-    setConnection("reconnecting", `reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`);
+    retryAt = Date.now() + delay;
+    showRetry();
     retryTimer = setTimeout(connect, delay);
+  }
+
+  function showRetry() {
+    const seconds = Math.max(1, Math.ceil((retryAt - Date.now()) / 1000));
+    setConnection("reconnecting", `reconnecting in ${seconds} s`);
   }
 
   window.addEventListener("online", () => {
@@ -331,6 +343,7 @@
     setText(clock, local.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false }));
     clock.setAttribute("datetime", local.toISOString());
     setText(updated, formatAge(Date.now() - lastUpdate));
+    if (retryAt) showRetry();
     const counts = {};
     for (const card of list.children) {
       const status = card.dataset.status;
