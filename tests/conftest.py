@@ -114,7 +114,7 @@ class ThreadedUvicorn:
         import uvicorn
 
         config = uvicorn.Config(app_path, host="127.0.0.1", port=port, lifespan="off",
-                                log_level="warning", ws="websockets")
+                                log_level="warning", ws="websockets-sansio")
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{port}"
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

@@ -54,4 +54,5 @@ class Command(BaseCommand):
             start_worker(app)
             start_beat(app)
         uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
+                    ws="websockets-sansio",
                     lifespan="off")
