@@ -23,8 +23,12 @@ lint: install
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
-	$(PY) bench/deploy_fanout.py
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/deploy_fanout.py $(BENCH_ARGS)
 
 clean:
 	rm -rf var/workspaces var/test-*.sqlite3*

@@ -50,6 +50,8 @@ from fanout_nodes import (  # noqa: E402
 
 PAYLOAD = "payload.bin"
 TOOLS = ("trainyard", "asyncssh", "ansible")
+REQUIRES = {"asyncssh": "asyncssh", "ansible": "ansible-core"}
+PINS = {"asyncssh": "asyncssh==2.24.1", "ansible-core": "ansible-core==2.19.14"}  # as measured
 GOAL_VS_ASYNCSSH = 1.1
 GOAL_VS_ANSIBLE = 10.0
 GOAL_ONE_NODE = 0.25
@@ -93,7 +95,19 @@ def parse_args(argv=None):
     if chosen - set(TOOLS):
         parser.error(f"unknown tool(s): {', '.join(sorted(chosen - set(TOOLS)))}")
     args.tools = [t for t in TOOLS if t in chosen and not (t == "ansible" and args.skip_ansible)]
+    missing = [REQUIRES[t] for t in args.tools if t in REQUIRES and not _installed(REQUIRES[t])]
+    if missing:
+        parser.error(f"not installed: {', '.join(missing)} ({sys.executable} -m pip install "
+                     f"{' '.join(PINS[m] for m in missing)}), or leave the tool out with --tools")
     return args
+
+
+def _installed(distribution):
+    try:
+        version(distribution)
+    except Exception:  # noqa: BLE001 - PackageNotFoundError
+        return False
+    return True
 
 
 # Measuring ----------------------------------------------------------------------------------

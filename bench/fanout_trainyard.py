@@ -1,8 +1,8 @@
 """Trainyard's own deploy path, as a deploy job runs it: `deploy_build` with a
 `LogWriter` (log chunks in the database, heartbeats), so the Deployment row, the Events,
-the log and the Node update all happen. One thread per node, as one Celery worker
-process (threads pool) per node would; the archive is made once per build, as in
-production, before the clock starts.
+the log and the Node update all happen. One thread per node: in production each deploy
+is a Celery task, run in parallel by the workers. The archive is made once per build, as
+in production, before the clock starts.
 
 `setup_django` must run before anything else here: it points Django at a throwaway
 database (SQLite in the bench folder, or a dedicated PostgreSQL database when

@@ -25,12 +25,14 @@ its folder is in use and is never unpacked over.
 import gzip
 import hashlib
 import io
+import os
 import posixpath
 import re
 import shlex
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -44,6 +46,9 @@ from nodes.transports.base import TransportError
 SHA_RE = re.compile(r"[0-9a-f]{40}")  # always fullmatch: `$` would let a trailing newline in
 CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
 KEEP_RELEASES = 5
+_DIGESTS = {}  # file_sha256: (path, device, inode, size, mtime, ctime) -> hex digest
+_DIGESTS_KEPT = 64
+_DIGESTS_LOCK = threading.Lock()
 COMMAND_TIMEOUT = 120  # mkdir, tar, ln...: generous, a big archive takes a while to unpack
 INSTALL_TIMEOUT = 1800
 START_TIMEOUT = 300
@@ -147,11 +152,29 @@ def _append_revision(tar_path, sha):
 
 
 def file_sha256(path):
-    digest = hashlib.sha256()
+    """The file's sha256 (hex). Remembered for that version of the file (device, inode, size,
+    mtime, ctime), so that the archive of a build going to 50 nodes is read once, not 50
+    times; a file changed or replaced since is read again."""
     with open(path, "rb") as handle:
+        before = _file_version(path, handle)
+        with _DIGESTS_LOCK:
+            known = _DIGESTS.get(before)
+        if known:
+            return known
+        digest = hashlib.sha256()
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+        if _file_version(path, handle) == before:  # not written to while it was read
+            with _DIGESTS_LOCK:
+                _DIGESTS[before] = digest.hexdigest()
+                while len(_DIGESTS) > _DIGESTS_KEPT:
+                    del _DIGESTS[next(iter(_DIGESTS))]
     return digest.hexdigest()
+
+
+def _file_version(path, handle):
+    st = os.fstat(handle.fileno())
+    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # Health (from the controller) -----------------------------------------------------------
@@ -214,6 +237,13 @@ class _Lines:
             self.log(self.partial)
         self.partial = ""
         return "".join(self.chunks)
+
+
+# $1 the releases folder, then links: one `<n>:<target>` line per link (empty: no link), a
+# `--` line, then the release folders newest first (nothing if there is no folder yet).
+_INSPECT = ('releases=$1; shift; i=0; for link in "$@"; do i=$((i+1)); '
+            'printf "%s:%s\\n" "$i" "$(readlink -- "$link")"; done; echo --; '
+            'ls -1t -- "$releases" 2>/dev/null; exit 0')
 
 
 class _Node:
@@ -293,27 +323,31 @@ class _Node:
         target = posixpath.basename(lines.finish().strip())
         return target if result.ok and SHA_RE.fullmatch(target) else None
 
-    def read_links(self, *names):
-        """`read_link` of each name, in one command on the node -> list of SHA or None."""
+    def inspect(self, *names):
+        """In one command on the node: `read_link` of each name, and the release folders
+        newest first (as `ls -1t` orders them) -> ([SHA or None per name], [SHA...])."""
         for name in names:
             self.log(f"$ readlink -- {self.path(name)}")
-        # One `<index>:<target>` line per link (empty target: no link).
-        script = 'i=0; for link in "$@"; do i=$((i+1)); printf "%s:%s\\n" "$i" "$(readlink -- "$link")"; done'
+        self.log(f"$ ls -1t -- {self.path('releases')}")
         lines = _Lines(self.log)
         # A TransportError goes up as it is: "cannot tell" must never read as "no release".
-        result = self.transport.run(["sh", "-c", script, "sh", *(self.path(n) for n in names)],
+        result = self.transport.run(["sh", "-c", _INSPECT, "sh", self.path("releases"),
+                                     *(self.path(n) for n in names)],
                                     timeout=self.timeout, on_output=lines, cancel=self.cancel,
                                     on_tick=self.on_tick)
         output = lines.finish()
         if not result.ok:
-            raise StepFailed(f"could not read the links {', '.join(names)}: "
+            raise StepFailed(f"could not read {', '.join(names)} and the releases: "
                              f"{result.describe(self.timeout)}")
+        printed = output.splitlines()
+        cut = printed.index("--") if "--" in printed else len(printed)
         targets = {}
-        for line in output.splitlines():
+        for line in printed[:cut]:
             index, _, target = line.partition(":")
             targets.setdefault(index, posixpath.basename(target.strip()))
-        return [t if SHA_RE.fullmatch(t) else None
-                for t in (targets.get(str(i), "") for i in range(1, len(names) + 1))]
+        shas = [targets.get(str(i), "") for i in range(1, len(names) + 1)]
+        return ([t if SHA_RE.fullmatch(t) else None for t in shas],
+                [name for name in printed[cut + 1:] if SHA_RE.fullmatch(name)])
 
     def set_link(self, name, sha):
         """Point `name` at releases/<sha> atomically (rename over it), or remove it."""
@@ -357,7 +391,7 @@ def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=N
     host = host or getattr(transport, "host", "127.0.0.1")
     try:
         with node.step("inspect"):
-            previous, old_previous = node.read_links("current", "previous")
+            (previous, old_previous), releases = node.inspect("current", "previous")
     except StepFailed as exc:
         return node.result(False, f"deploy of {sha} did not start: {exc}", sha=sha)
     if previous == sha:
@@ -374,7 +408,7 @@ def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=N
         _start_and_check(node, steps, host, port)
     except StepFailed as exc:
         return _undo_switch(node, sha, previous, old_previous, steps, exc, host, port)
-    _prune(node, protect={sha, previous})
+    _prune(node, [sha, *(name for name in releases if name != sha)], protect={sha, previous})
     return node.result(True, f"{sha} is live" + (f" (replacing {previous})" if previous else ""),
                        sha=sha, previous_sha=previous)
 
@@ -472,15 +506,18 @@ def _restart_current(node, sha, steps, host, port):
     return node.result(True, f"{sha} was already current; restarted", sha=sha, previous_sha=sha)
 
 
-def _prune(node, protect):
-    """Keep the KEEP_RELEASES newest release folders, and always current and previous."""
+def _prune(node, releases, protect):
+    """Keep the KEEP_RELEASES newest release folders, and always current and previous.
+
+    `releases` are the folders newest first: those `inspect` listed, with the new one
+    first (its folder is the newest), which saves listing them again."""
     try:
         with node.step("cleanup"):
-            listing = node.run(["ls", "-1t", "--", node.path("releases")])
-            names = [name for name in listing.split() if SHA_RE.fullmatch(name)]
-            old = [node.release(name) for name in names[KEEP_RELEASES:] if name not in protect]
+            old = [node.release(name) for name in releases[KEEP_RELEASES:] if name not in protect]
             if old:
                 node.run(["rm", "-rf", "--", *old])
+            else:
+                node.log(f"{len(releases)} release(s) on the node: none to remove")
     except StepFailed:
         node.log("(old releases stay until the next deploy)")
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_it_cancels_a_running_command(ssh):
     result = ssh.run(["sh", "-c", "echo ready; sleep 60"], timeout=30, on_output=on_output,
                      cancel=cancel)
     assert result.cancelled and result.duration < 5
+
+
+@pytest.mark.parametrize("attempt", range(5))  # a race: several tries catch a regression
+def test_it_stops_a_command_cancelled_before_it_reported_its_pid(ssh, tmp_path, attempt):
+    """Cancelled at once: the command may start on the node after run() gave up waiting
+    for its output; the transport must still find and stop it."""
+    cancel = threading.Event()
+    cancel.set()
+    pid_file = tmp_path / "pid"
+    token = f"{os.getpid()}.{attempt}"  # a unique `sleep` argument
+    result = ssh.run(["sh", "-c", f'echo $$ > "$1"; sleep 6{token}', "sh", str(pid_file)],
+                     timeout=30, cancel=cancel)
+    assert result.cancelled
+
+    def nothing_left():
+        listing = subprocess.run(["pgrep", "-f", f"sleep 6{token}"], capture_output=True, text=True)
+        return listing.stdout.strip() == ""
+
+    wait_until(nothing_left, timeout=5, message="the cancelled command to end")
 
 
 def test_it_ends_the_command_when_the_caller_fails(ssh, tmp_path):

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from .base import CommandResult, OutputGate, Transport, TransportError
 
@@ -48,7 +49,9 @@ POLL_SECONDS = 0.1
 READ_SIZE = 65536
 PID_MARKER = b"trainyard-pid:"
 MAX_HEAD_BYTES = 64 * 1024  # login noise tolerated before the pid line
-UPLOAD_IN_FLIGHT = 16  # SFTP writes sent before waiting for their answers (see _upload)
+UPLOAD_IN_FLIGHT_BYTES = 512 * 1024  # sent before waiting for the answers (see _upload)
+UPLOAD_PACKETS_PER_WRITE = 4  # SSH packets in one SFTP write, where the server takes that
+SFTP_MIN_WRITE = 32768  # every SFTP server takes writes this big (draft-ietf-secsh-filexfer)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 
@@ -171,8 +174,8 @@ def _handle_channel_request(channel, message):
 
 
 class _ParamikoTransport(paramiko.Transport):
-    # AES-GCM first where the server has it: it needs no HMAC over every packet, which was
-    # a third of an upload's CPU. The others follow in paramiko's order.
+    # AES-GCM first where the server has it: it needs no HMAC over every packet (a fifth of
+    # an upload's CPU here, and sshd's work too). The others follow in paramiko's order.
     _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers,
                                       key=lambda name: not name.startswith("aes128-gcm")))
     _channel_handler_table = {
@@ -190,7 +193,7 @@ class _QuickAckSocket(socket.socket):
     sshd leaves Nagle on until a session starts. After authentication it sends a packet
     (hostkeys-00, the key options) that we have no reason to answer, so our ACK waits for
     the delayed-ACK timer, and sshd holds its answer to the first channel-open until that
-    ACK comes: 40 ms on every connection, a sixth of a one-node deploy.
+    ACK comes: 40 ms on every connection (a one-node deploy takes 0.15 s).
     """
 
     def recv(self, bufsize, flags=0):
@@ -273,6 +276,7 @@ class SSHTransport(Transport):
         self._pkey = load_private_key(key_filename, pkey)
         self._client = None
         self._sftp = None
+        self._sftp_max_write = SFTP_MIN_WRITE
         self._lock = threading.Lock()
 
     @property
@@ -361,10 +365,12 @@ class SSHTransport(Transport):
         result = CommandResult(exit_code=None, duration=0.0)
         try:
             self._pump(channel, stream, result, started, timeout, idle_timeout, cancel, on_tick)
+            stopped = result.timed_out or result.idle_timed_out or result.cancelled
+            if stopped:
+                self._await_pid(channel, stream)
         finally:
             self._end(channel, stream.pid)
             channel.close()
-        stopped = result.timed_out or result.idle_timed_out or result.cancelled
         stream.flush()
         gate.close()
         result.exit_code = self._exit_code(channel, argv, stopped)
@@ -422,6 +428,20 @@ class SSHTransport(Transport):
             last_output = time.monotonic()
             stream.feed(data)
 
+    @staticmethod
+    def _await_pid(channel, stream):
+        """Stopped before the command said its pid (cancelled as it started): read on until
+        it does, so that `_end` can still stop it, unless it ends first."""
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        while not stream.done and not channel.exit_status_ready() and time.monotonic() < deadline:
+            try:
+                data = channel.recv(READ_SIZE)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            stream.feed(data)
+
     def _alive(self, channel):
         return not channel.closed and channel.get_transport().is_active()
 
@@ -468,11 +488,13 @@ class SSHTransport(Transport):
             self._sftp = self._client.open_sftp()
             # Without it a transfer to a node that stopped answering would wait forever.
             self._sftp.get_channel().settimeout(self.io_timeout)
+            self._sftp_max_write = _max_write(self._sftp)
         return self._sftp
 
     def put_file(self, local_path, remote_path):
         try:
-            _upload(self._sftp_client(), str(local_path), str(remote_path))
+            sftp = self._sftp_client()
+            _upload(sftp, str(local_path), str(remote_path), self._sftp_max_write)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"could not copy {local_path} to {self.where}:{remote_path}: "
                                  f"{_reason(exc)}") from exc
@@ -485,21 +507,24 @@ class SSHTransport(Transport):
                                  f"{_reason(exc)}") from exc
 
 
-def _upload(sftp, local_path, remote_path):
-    """paramiko's `put` (same result, same size check), with a bound on the writes in flight.
+def _upload(sftp, local_path, remote_path, max_write=SFTP_MIN_WRITE):
+    """paramiko's `put` (same result, same size check), with a bound on the data in flight
+    and writes that fill whole SSH packets.
 
     `put` sends as fast as sshd's channel window allows (2 MiB): sshd then holds up to 2 MiB
     that sftp-server has not taken yet, and grows that buffer by remapping and copying it
     again and again. The first 5 MiB upload on a connection took 0.15 s of mostly sshd CPU
     instead of 0.03 s, and with 50 nodes on one machine that CPU is everybody's wall time.
-    Waiting for the answers every UPLOAD_IN_FLIGHT writes (512 KiB) keeps the buffer small.
+    Waiting for the answers every UPLOAD_IN_FLIGHT_BYTES keeps the buffer small.
     """
     size = 0
     with open(local_path, "rb") as source, sftp.open(remote_path, "wb") as target:
-        chunk_size = _write_size(sftp, target)
+        chunk_size = _write_size(sftp, target, max_write)
+        target.MAX_REQUEST_SIZE = chunk_size  # where paramiko splits a write into requests
+        in_flight = max(1, UPLOAD_IN_FLIGHT_BYTES // chunk_size)
         for count, chunk in enumerate(iter(lambda: source.read(chunk_size), b""), start=1):
             # Not pipelined, a write waits for its answer and for those of all before it.
-            target.set_pipelined(count % UPLOAD_IN_FLIGHT != 0)
+            target.set_pipelined(count % in_flight != 0)
             target.write(chunk)
             size += len(chunk)
     written = sftp.stat(remote_path).st_size
@@ -507,9 +532,27 @@ def _upload(sftp, local_path, remote_path):
         raise OSError(f"size mismatch in put! {written} != {size}")
 
 
-def _write_size(sftp, target):
-    """The most data one SFTP write can carry and still fit one SSH packet: paramiko puts at
-    most `max packet - 64` bytes in one, and a write request adds 25 bytes and the handle.
-    A full 32 KiB write takes two packets (twice the per-packet cost, both ends)."""
-    room = sftp.get_channel().out_max_packet_size - 64 - 25 - len(target.handle)
-    return max(4096, min(room, paramiko.SFTPFile.MAX_REQUEST_SIZE))
+def _write_size(sftp, target, max_write):
+    """The data of one SFTP write: whole SSH packets, as many as the server takes in one
+    write (up to UPLOAD_PACKETS_PER_WRITE). paramiko puts at most `max packet - 64` bytes
+    in a packet, and a write request adds 25 bytes and the handle to its data: a plain
+    32 KiB write took two packets, and every write costs an answer to read."""
+    per_packet = sftp.get_channel().out_max_packet_size - 64
+    header = 25 + len(target.handle)
+    packets = min(UPLOAD_PACKETS_PER_WRITE, (max_write + header) // per_packet)
+    return packets * per_packet - header if packets >= 1 else max_write
+
+
+def _max_write(sftp):
+    """The largest write the SFTP server takes, from its limits@openssh.com answer (OpenSSH
+    8.6 and later: 255 KiB), else the 32 KiB every server takes."""
+    try:
+        kind, answer = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+        if kind != CMD_EXTENDED_REPLY:
+            return SFTP_MIN_WRITE
+        answer.get_int64()  # max packet length
+        answer.get_int64()  # max read length
+        most = answer.get_int64()
+    except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError, AttributeError):
+        return SFTP_MIN_WRITE  # not supported (or a paramiko without `_request`)
+    return most or 1 << 20  # 0: no limit
