@@ -356,3 +356,12 @@ def test_the_beat_task_checks_every_enabled_node(local_nodes, tmp_path):
     Node.objects.filter(pk=up.pk).update(base_path="/nonexistent/x", transport="ssh", host_key="")
     check_node_health.apply()
     assert Node.objects.get(pk=up.pk).health == "unhealthy"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_default_branch_is_checked_but_never_parked_on_a_branch_node(worker, demo, local_nodes):
+    local_nodes(1)
+    build = ended(request_build(demo, "master")[0])
+    assert build.status == "passed" and build.kind == Build.Kind.MASTER
+    assert [j.stage for j in build.jobs.all()] == ["checks"] * 3
+    assert not Deployment.objects.exists() and not NodeLease.objects.exists()

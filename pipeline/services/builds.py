@@ -58,14 +58,16 @@ def request_build(repository, branch, *, user=None, via="web"):
     from pipeline.services.pulls import record_push
 
     record_push(repository, branch, sha)
-    existing = Build.objects.active().filter(repository=repository, sha=sha, kind=Build.Kind.BRANCH)
+    # The default branch is checked again but never parked on a branch node (DESIGN).
+    kind = Build.Kind.MASTER if branch == repository.default_branch else Build.Kind.BRANCH
+    existing = Build.objects.active().filter(repository=repository, sha=sha, kind=kind)
     if found := existing.first():
         return found, False
     try:
         with transaction.atomic():
             build = Build.objects.create(
                 repository=repository, commit=commit, sha=sha, branch=branch,
-                kind=Build.Kind.BRANCH, requested_by=user if user and user.pk else None,
+                kind=kind, requested_by=user if user and user.pk else None,
                 requested_via=via,
             )
             who = user.get_username() if user and user.pk else "someone"

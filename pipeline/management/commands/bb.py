@@ -25,7 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("branch")
         parser.add_argument("--wait", action="store_true", help="follow the build to its end")
         add_server_arguments(parser)
-        parser.add_argument("--poll", type=float, default=0.5, help=argparse_hidden())
+        parser.add_argument("--poll", type=float, default=0.5,
+                            help="seconds between status checks with --wait (default 0.5)")
 
     def handle(self, *args, **options):
         client = client_from(options)
@@ -59,8 +60,3 @@ class Command(BaseCommand):
             time.sleep(poll)
             build = client.request("GET", f"/api/builds/{build['id']}")
 
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
