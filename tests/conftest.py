@@ -9,6 +9,7 @@ import shutil
 import threading
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.factories import RepositoryFactory, UserFactory
 from tests.helpers import FAST_SPEC, GitRepo, free_port, require, wait_until
@@ -153,6 +154,48 @@ def browser_type_launch_args(browser_type_launch_args):
     }
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args):
-    return {**browser_context_args, "viewport": {"width": 1920, "height": 1080}}
+# Playwright, one per browser test module -----------------------------------------------
+#
+# Playwright's sync API keeps an event loop running in the main thread for as long as it
+# lives. Django then refuses ORM calls there (SynchronousOnlyOperation) and
+# `async_to_sync` refuses to run (events published from this thread are lost). So the
+# ORM is allowed only while a browser module's Playwright runs, and it stops when the
+# module ends: tests after it get a clean main thread, and no subprocess they start (such as
+# `manage.py check --deploy`) inherits DJANGO_ALLOW_ASYNC_UNSAFE.
+
+@pytest.fixture(scope="module")
+def _orm_beside_playwright():
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture(scope="module")
+def playwright(_orm_beside_playwright, _pw_api_request_contexts):
+    pw = sync_playwright().start()
+    if _pw_api_request_contexts:
+        _pw_api_request_contexts.instrument(pw)
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright, browser_name):
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def browser_context_args():
+    # pytest-playwright's own (session-scoped) one would start Playwright for the session.
+    return {"viewport": {"width": 1920, "height": 1080}}  # a wall screen
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type, browser_type_launch_args):
+    browser = browser_type.launch(**browser_type_launch_args)
+    yield browser
+    browser.close()

@@ -3,6 +3,7 @@
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -100,3 +101,30 @@ class GitRepo:
 
     def head(self, branch="master"):
         return self.git("rev-parse", f"refs/heads/{branch}")
+
+
+def off_main_thread(func, *args, **kwargs):
+    """Call `func` in a thread of its own, as a web request or a task would.
+
+    Playwright's event loop runs in the main thread, and `async_to_sync` (which
+    publishes events after commit) refuses to run beside a running loop.
+    """
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = func(*args, **kwargs)
+        except BaseException as exc:  # handed to the test below
+            outcome["error"] = exc
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), f"{func.__name__} did not return within 60 s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -8,97 +8,24 @@ import hashlib
 import json
 import os
 import re
-import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connections
 from django.utils import timezone
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult
 from pipeline.services.builds import request_build
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
-from tests.helpers import wait_until
+from tests.helpers import off_main_thread, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-# Playwright for this module only ------------------------------------------------------
-#
-# Playwright's sync API keeps an event loop running in the main thread for as long as it
-# lives. Django then refuses ORM calls there (SynchronousOnlyOperation) and
-# `async_to_sync` refuses to run (events published from this thread are lost). So the
-# ORM is allowed for this module's tests only, and Playwright stops when the module
-# ends: tests after it get a clean main thread, and no subprocess they start (such as
-# `manage.py check --deploy`) inherits DJANGO_ALLOW_ASYNC_UNSAFE.
-
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright():
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if previous is None:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-@pytest.fixture(scope="module")
-def playwright(_orm_beside_playwright, _pw_api_request_contexts):
-    pw = sync_playwright().start()
-    if _pw_api_request_contexts:
-        _pw_api_request_contexts.instrument(pw)
-    yield pw
-    pw.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_type(playwright, browser_name):
-    return getattr(playwright, browser_name)
-
-
-@pytest.fixture(scope="module")
-def browser_context_args():
-    # pytest-playwright's own (session-scoped) one would start Playwright for the session.
-    return {"viewport": {"width": 1920, "height": 1080}}  # a wall screen, as in conftest
-
-
-@pytest.fixture(scope="module")
-def browser(browser_type, browser_type_launch_args):
-    browser = browser_type.launch(**browser_type_launch_args)
-    yield browser
-    browser.close()
-
 SECONDS = 1000
 LIVE = 30 * SECONDS  # a real build through a real worker: generous, never slept through
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-
-
-def off_main_thread(func, *args, **kwargs):
-    """Call `func` in a thread of its own, as a web request or a task would.
-
-    Playwright's event loop runs in the main thread, and `async_to_sync` (which
-    publishes events after commit) refuses to run beside a running loop.
-    """
-    outcome = {}
-
-    def target():
-        try:
-            outcome["value"] = func(*args, **kwargs)
-        except BaseException as exc:  # handed to the test below
-            outcome["error"] = exc
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), f"{func.__name__} did not return within 60 s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def ask_for(repository, branch, user=None):

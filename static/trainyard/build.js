@@ -3,7 +3,8 @@
   "use strict";
   const script = document.getElementById("build-script");
   const buildUrl = script.dataset.buildUrl;
-  const logUrl = (id) => script.dataset.logUrl.replace(/0$/, String(id));
+  // The template's URL is for job 0: /api/jobs/0/log.
+  const logUrl = (id) => script.dataset.logUrl.replace(/\/0\/log$/, "/" + id + "/log");
   const ACTIVE = new Set(["queued", "running"]);
   let buildStatus = document.getElementById("build-status").textContent.trim();
 
