@@ -1,4 +1,4 @@
-"""The deploy protocol (nodes/deploy.py), the same through LocalTransport and SSHTransport.
+"""The deploy protocol (nodes/deploy/), the same through LocalTransport and SSHTransport.
 
 Nodes are folders on this machine (the SSH ones behind real sshd on loopback), so the
 tests check the outcome by reading the node's filesystem directly.

@@ -6,7 +6,6 @@ layer by default, Redis pub/sub with REDIS_URL set.
 
 import copy
 import json
-import threading
 from html.parser import HTMLParser
 from unittest import mock
 
@@ -15,7 +14,6 @@ from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connections
 from django.urls import reverse
 
 from pipeline.asgi import application
@@ -23,6 +21,7 @@ from pipeline.models import Build, Event, Job
 from pipeline.statemachine import transition
 from radiators.views import RECENT_BUILDS
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
+from tests.helpers import off_main_thread
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 
@@ -136,28 +135,10 @@ def socket(path, origin=ORIGIN):
 
 
 def run(scenario):
-    """Run an async scenario to completion from a sync test.
-
-    In a thread of its own: once a browser test has run in this session, Playwright's
-    event loop occupies the main thread and `async_to_sync` refuses to run there.
-    Database calls the scenario makes run in that thread too (on its own connection).
-    """
-    outcome = {}
-
-    def target():
-        try:
-            async_to_sync(scenario)()
-        except BaseException as exc:  # handed to the test below
-            outcome["error"] = exc
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "the scenario did not end within 60 s"
-    if "error" in outcome:
-        raise outcome["error"]
+    """Run an async scenario to completion from a sync test, in a thread of its own: once
+    a browser test has run, Playwright's event loop may occupy the main thread, where
+    `async_to_sync` refuses to run."""
+    off_main_thread(async_to_sync(scenario))
 
 
 # The page ------------------------------------------------------------------------------

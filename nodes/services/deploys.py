@@ -1,5 +1,5 @@
 """Deploy a build's SHA to a node and record it: the Deployment row, the node's current
-release, events. The protocol itself (nodes/deploy.py) knows nothing of the database."""
+release, events. The protocol itself (nodes/deploy/) knows nothing of the database."""
 
 import os
 import sys

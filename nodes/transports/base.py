@@ -1,7 +1,9 @@
 """The transport contract and the output rules every transport shares."""
 
 import codecs
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -36,6 +38,38 @@ class CommandResult:
         if self.exit_code is not None and self.exit_code < 0:
             return f"killed by signal {-self.exit_code}"
         return f"exited {self.exit_code}"
+
+
+@dataclass
+class RunLimits:
+    """The overall timeout, the no-output timeout and cancellation of one run, checked in
+    this one place by every transport (the output cap is OutputGate's).
+
+    `started` is when the run began (time.monotonic()); `cancel` is a threading.Event.
+    """
+
+    started: float
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    cancel: object = None
+    on_tick: Callable[[], object] | None = None
+
+    def exceeded(self, result, last_output):
+        """Call `on_tick`, then True if a limit stops the run, marked on `result` (timed_out,
+        idle_timed_out or cancelled). `last_output` is when output last came."""
+        if self.on_tick is not None:
+            self.on_tick()
+        now = time.monotonic()
+        if self.timeout is not None and now - self.started > self.timeout:
+            result.timed_out = True
+            return True
+        if self.idle_timeout is not None and now - last_output > self.idle_timeout:
+            result.idle_timed_out = True
+            return True
+        if self.cancel is not None and self.cancel.is_set():
+            result.cancelled = True
+            return True
+        return False
 
 
 class OutputGate:

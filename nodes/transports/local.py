@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from .base import CommandResult, OutputGate, Transport, TransportError
+from .base import CommandResult, OutputGate, RunLimits, Transport, TransportError
 
 KILL_GRACE_SECONDS = 2.0
 READ_SIZE = 65536
@@ -70,7 +70,7 @@ class LocalTransport(Transport):
         gate = OutputGate(on_output, output_cap)
         result = CommandResult(exit_code=None, duration=0.0)
         try:
-            self._pump(proc, gate, result, started, timeout, idle_timeout, cancel, on_tick)
+            self._pump(proc, gate, result, RunLimits(started, timeout, idle_timeout, cancel, on_tick))
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
@@ -89,27 +89,18 @@ class LocalTransport(Transport):
         return result
 
     @staticmethod
-    def _pump(proc, gate, result, started, timeout, idle_timeout, cancel, on_tick):
+    def _pump(proc, gate, result, limits):
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)
         fd = proc.stdout.fileno()
-        last_output = started
+        last_output = limits.started
         exited_at = None
         eof = False
         try:
             while True:
-                if on_tick is not None:
-                    on_tick()
+                if limits.exceeded(result, last_output):
+                    return
                 now = time.monotonic()
-                if timeout is not None and now - started > timeout:
-                    result.timed_out = True
-                    return
-                if idle_timeout is not None and now - last_output > idle_timeout:
-                    result.idle_timed_out = True
-                    return
-                if cancel is not None and cancel.is_set():
-                    result.cancelled = True
-                    return
                 if proc.poll() is not None:
                     # The command is done; give straggling output a moment, not forever
                     # (a background child may hold the pipe open).
