@@ -142,7 +142,8 @@ class Build(models.Model):
     branch = models.CharField(max_length=255)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.BRANCH)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    message = models.TextField(blank=True, help_text="Why the build ended as it did.")
+    message = models.TextField(blank=True,
+                               help_text="Why the build ended as it did, or what it waits for.")
     deploy_url = models.CharField(max_length=500, blank=True,
                                   help_text="Where the build runs, once deployed to a node.")
     spec = models.JSONField(

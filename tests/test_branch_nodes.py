@@ -223,9 +223,12 @@ def test_a_build_waits_for_a_node_and_goes_on_when_one_frees(worker, demo, local
                                           message="waiting for a branch node").exists(),
                timeout=120, message="the build to say it waits for a node")
     assert Event.objects.filter(kind="job.waiting", build=build).exists()
+    build.refresh_from_db()
+    assert build.message == "waiting for a branch node"  # what the radiator's row shows
     end_build(blocker, Build.Status.CANCELLED, "cancelled by the test")  # frees the node
     ended(build)
     assert build.status == "passed", build.message
+    assert build.message == "all checks passed"
     assert Deployment.objects.get(build=build).node == node
 
 

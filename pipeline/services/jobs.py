@@ -122,6 +122,9 @@ def run_deploy_job(job):
     if node is None:
         _say_waiting(job)
         return None
+    from pipeline.models import Build
+
+    Build.objects.filter(pk=build.pk, message=WAITING_FOR_NODE).update(message="")
     if not transition(job, Job.Status.RUNNING, started_at=timezone.now(),
                       message=f"deploying to {node.name}"):
         return None
@@ -143,11 +146,15 @@ def run_deploy_job(job):
 
 
 def _say_waiting(job):
+    """The job, its build (shown on the radiator's row) and an Event say why it waits."""
+    from pipeline.models import Build
     from pipeline.services.events import record_event
 
-    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
-            message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
-        record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
+    with transaction.atomic():
+        if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
+                message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
+            Build.objects.filter(pk=job.build_id, message="").update(message=WAITING_FOR_NODE)
+            record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
 
 
 def _run_command_job(job, extra_env=None):

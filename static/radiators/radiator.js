@@ -199,6 +199,15 @@
       if (event.job) advance(pill, event.job.status, "job");
       const note = event.message ? ` · ${event.message}` : "";
       pill.title = `${pill.dataset.jobName}: ${pill.dataset.status}${note}`;
+      // Why a build stands still belongs on its row, readable from across the room.
+      const message = part(card, "message");
+      if (event.kind === "job.waiting") {
+        setText(message, event.message);
+        message.dataset.waiting = "1";
+      } else if (event.kind === "job.status" && event.new === "running" && message.dataset.waiting) {
+        setText(message, "");
+        delete message.dataset.waiting;
+      }
     }
     // The payload carries the build's status as of publishing: it may be newer.
     if (event.build && advance(card, event.build.status, "build") && ENDED.has(event.build.status)) {
