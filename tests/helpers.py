@@ -128,3 +128,15 @@ def off_main_thread(func, *args, **kwargs):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def build_ended(build, timeout=120):
+    """Wait for a build to end (a real worker runs it); returns it refreshed."""
+    from pipeline.models import Build
+
+    def ended():
+        build.refresh_from_db()
+        return build.status in Build.ENDED
+
+    wait_until(ended, timeout=timeout, message=f"build #{build.pk} to end")
+    return build

@@ -24,7 +24,7 @@ from pipeline.models import Build, Event, Job, PullRequest
 from pipeline.services.builds import end_build, request_build
 from pipeline.services.pulls import close_pull_request, open_pull_request, sync_pull_requests
 from tests.factories import BuildFactory, RepositoryFactory
-from tests.helpers import GitRepo, free_port, wait_until
+from tests.helpers import GitRepo, build_ended, free_port, wait_until
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -75,15 +75,6 @@ def ssh_pool(db, ssh_nodes, client_key, settings):
     for sshd in ssh_nodes:
         if not sshd.accepts():
             sshd.start()
-
-
-def ended(build, timeout=120):
-    def done():
-        build.refresh_from_db()
-        return build.status in Build.ENDED
-
-    wait_until(done, timeout=timeout, message=f"build #{build.pk} to end")
-    return build
 
 
 def job_log(build, name):
@@ -167,7 +158,7 @@ def test_it_deploys_smoke_tests_and_marks_the_pull_request_good_to_merge(worker,
     pr, _ = open_pull_request(demo, "feature/hello", title="Say hello", user=developer)
     assert not pr.good_to_merge
     build, _ = request_build(demo, "feature/hello", user=developer)
-    ended(build)
+    build_ended(build)
     assert build.status == "passed", build.message
     assert [j.name for j in build.jobs.all()] == ["lint", "unit", "integration", "deploy", "smoke"]
     node.refresh_from_db()
@@ -186,7 +177,7 @@ def test_it_deploys_smoke_tests_and_marks_the_pull_request_good_to_merge(worker,
 def test_a_new_push_turns_good_to_merge_off_until_the_next_green_build(worker, demo, local_nodes):
     (node,) = local_nodes(1)
     pr, _ = open_pull_request(demo, "feature/hello")
-    ended(request_build(demo, "feature/hello")[0])
+    build_ended(request_build(demo, "feature/hello")[0])
     pr.refresh_from_db()
     assert pr.good_to_merge
     origin = GitRepo.__new__(GitRepo)
@@ -195,7 +186,7 @@ def test_a_new_push_turns_good_to_merge_off_until_the_next_green_build(worker, d
     sync_pull_requests(demo)
     pr.refresh_from_db()
     assert pr.head_sha == new_sha and not pr.good_to_merge
-    rebuilt = ended(request_build(demo, "feature/hello")[0])
+    rebuilt = build_ended(request_build(demo, "feature/hello")[0])
     assert rebuilt.status == "passed"
     pr.refresh_from_db()
     assert pr.good_to_merge
@@ -206,7 +197,7 @@ def test_a_new_push_turns_good_to_merge_off_until_the_next_green_build(worker, d
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_branch_is_never_deployed(worker, demo, local_nodes):
     local_nodes(1)
-    build = ended(request_build(demo, "feature/broken")[0])
+    build = build_ended(request_build(demo, "feature/broken")[0])
     assert build.status == "failed"
     assert not build.jobs.filter(stage="deploy").exists()
     assert not Deployment.objects.exists()
@@ -226,7 +217,7 @@ def test_a_build_waits_for_a_node_and_goes_on_when_one_frees(worker, demo, local
     build.refresh_from_db()
     assert build.message == "waiting for a branch node"  # what the radiator's row shows
     end_build(blocker, Build.Status.CANCELLED, "cancelled by the test")  # frees the node
-    ended(build)
+    build_ended(build)
     assert build.status == "passed", build.message
     assert build.message == "all checks passed"
     assert Deployment.objects.get(build=build).node == node
@@ -236,7 +227,7 @@ def test_a_build_waits_for_a_node_and_goes_on_when_one_frees(worker, demo, local
 def test_closing_a_pull_request_or_deleting_its_branch_frees_the_node(worker, demo, local_nodes):
     (node,) = local_nodes(1)
     pr, _ = open_pull_request(demo, "feature/hello")
-    ended(request_build(demo, "feature/hello")[0])
+    build_ended(request_build(demo, "feature/hello")[0])
     assert NodeLease.objects.filter(node=node, branch="feature/hello").exists()
     close_pull_request(pr, reason="closed by the test")
     assert not NodeLease.objects.exists()
@@ -257,7 +248,7 @@ def test_closing_a_pull_request_or_deleting_its_branch_frees_the_node(worker, de
 @pytest.mark.ssh
 @pytest.mark.django_db(transaction=True)
 def test_it_runs_the_whole_flow_over_ssh_and_rebuilds_on_the_same_node(worker, demo, ssh_pool):
-    first = ended(request_build(demo, "feature/hello")[0])
+    first = build_ended(request_build(demo, "feature/hello")[0])
     assert first.status == "passed", first.message + job_log(first, "deploy")
     node = Deployment.objects.get(build=first).node
     assert node.transport == "ssh"
@@ -267,7 +258,7 @@ def test_it_runs_the_whole_flow_over_ssh_and_rebuilds_on_the_same_node(worker, d
     origin = GitRepo.__new__(GitRepo)
     origin.path = Path(demo.clone_url)
     origin.commit({"NOTES.md": "again\n"}, branch="feature/hello")
-    second = ended(request_build(demo, "feature/hello")[0])
+    second = build_ended(request_build(demo, "feature/hello")[0])
     assert second.status == "passed"
     assert Deployment.objects.get(build=second).node == node
 
@@ -300,7 +291,7 @@ def test_a_node_dying_mid_deploy_fails_clearly_and_the_next_build_moves_on(worke
             " time.sleep(float(open(\"DELAY\").read()))'], timeout: 120}\n")
     good = repo.commit({"trainyard.yml": spec, "DELAY": "0"}, branch="feature/slow")
     app = RepositoryFactory(name="slow", clone_url=str(repo.path))
-    assert ended(request_build(app, "feature/slow")[0]).status == "passed"
+    assert build_ended(request_build(app, "feature/slow")[0]).status == "passed"
     node = Node.objects.get(pk=ssh_pool[0].pk)
     repo.commit({"DELAY": "60"}, branch="feature/slow")
     build, _ = request_build(app, "feature/slow")
@@ -308,7 +299,7 @@ def test_a_node_dying_mid_deploy_fails_clearly_and_the_next_build_moves_on(worke
                and "installing" in job_log(build, "deploy"), timeout=60,
                message="the install step to start")
     ssh_nodes[0].stop()
-    ended(build)
+    build_ended(build)
     assert build.status == "failed"
     deploy = build.jobs.get(stage="deploy")
     assert "failed" in deploy.message and str(ssh_nodes[0].port) in job_log(build, "deploy")
@@ -319,7 +310,7 @@ def test_a_node_dying_mid_deploy_fails_clearly_and_the_next_build_moves_on(worke
     Node.objects.filter(pk=ssh_pool[1].pk).update(enabled=True)
     ssh_nodes[0].start()
     repo.commit({"DELAY": "0"}, branch="feature/slow")
-    retry = ended(request_build(app, "feature/slow")[0])
+    retry = build_ended(request_build(app, "feature/slow")[0])
     assert retry.status == "passed"
     assert Deployment.objects.get(build=retry).node.pk == ssh_pool[1].pk
 
@@ -335,7 +326,7 @@ def test_hostile_branch_names_never_run_anything_on_the_node(worker, ssh_pool, t
     branch = f"x$(touch${{IFS}}{marker})`touch${{IFS}}{marker}`'\";touch{marker}"
     repo.commit({"trainyard.yml": spec}, branch=branch)
     app = RepositoryFactory(name="hostile", clone_url=str(repo.path))
-    build = ended(request_build(app, branch)[0])
+    build = build_ended(request_build(app, branch)[0])
     assert build.status == "passed", build.message + job_log(build, "deploy")
     assert branch in job_log(build, "deploy")  # it arrived as data, printed literally
     assert not marker.exists()
@@ -364,7 +355,7 @@ def test_the_beat_task_checks_every_enabled_node(local_nodes, tmp_path):
 @pytest.mark.django_db(transaction=True)
 def test_the_default_branch_is_checked_but_never_parked_on_a_branch_node(worker, demo, local_nodes):
     local_nodes(1)
-    build = ended(request_build(demo, "master")[0])
+    build = build_ended(request_build(demo, "master")[0])
     assert build.status == "passed" and build.kind == Build.Kind.MASTER
     assert [j.stage for j in build.jobs.all()] == ["checks"] * 3
     assert not Deployment.objects.exists() and not NodeLease.objects.exists()

@@ -4,18 +4,9 @@ import pytest
 
 from pipeline.models import Build, Event, Job
 from pipeline.services.builds import BuildRequestError, request_build
-from tests.helpers import wait_until
+from tests.helpers import build_ended, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def build_ended(build, timeout=60):
-    def ended():
-        build.refresh_from_db()
-        return build.status in Build.ENDED
-
-    wait_until(ended, timeout=timeout, message=f"build {build.pk} to end")
-    return build
 
 
 def log_of(job):
