@@ -105,7 +105,26 @@ def _celery_worker(django_db_setup, django_db_blocker):
 @pytest.fixture
 def worker(transactional_db, _celery_worker):
     """A real Celery worker (threads) consuming from the configured broker."""
-    return _celery_worker
+    from celery.worker import state
+
+    yield _celery_worker
+    # Let the worker finish what the test started before the database is flushed: on
+    # PostgreSQL a TRUNCATE racing a task's queries can deadlock.
+    wait_until(lambda: not state.active_requests and not state.reserved_requests,
+               timeout=60, message="the worker to go idle")
+
+
+@pytest.fixture(autouse=True)
+def _tasks_only_with_a_worker(request, monkeypatch):
+    """The worker is session-wide: once a test started it, it would also run the tasks of
+    later tests that asked for no worker, racing their assertions and teardown. Those
+    tests queue nothing instead."""
+    if "worker" in request.fixturenames:
+        return
+    from pipeline.services import builds
+
+    monkeypatch.setattr(builds, "_enqueue_build", lambda build_id: None)
+    monkeypatch.setattr(builds, "_enqueue_jobs", lambda job_ids: None)
 
 
 # Servers ------------------------------------------------------------------------------
