@@ -6,7 +6,6 @@ successful move appends an Event, published to the radiators after commit.
 """
 
 from django.db import transaction
-from django.utils import timezone
 
 from pipeline.services.events import record_event
 
@@ -56,7 +55,3 @@ def transition(obj, to, *, actor=None, note="", event_data=None, **fields):
             data=event_data or {},
         )
     return True
-
-
-def now():
-    return timezone.now()
