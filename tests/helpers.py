@@ -140,3 +140,32 @@ def build_ended(build, timeout=120):
 
     wait_until(ended, timeout=timeout, message=f"build #{build.pk} to end")
     return build
+
+
+def race(func, args_list):
+    """Call `func(*args)` for each args tuple from its own thread, all released at once
+    (a barrier), each thread on its own database connection. Returns the results in
+    order; an exception in any thread is raised here after all have finished."""
+    from django.db import connection
+
+    barrier = threading.Barrier(len(args_list))
+    outcomes = [None] * len(args_list)
+
+    def contender(index, args):
+        barrier.wait()
+        try:
+            outcomes[index] = ("ok", func(*args))
+        except BaseException as exc:  # handed to the caller below
+            outcomes[index] = ("error", exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=contender, args=(i, a)) for i, a in enumerate(args_list)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for kind, value in outcomes:
+        if kind == "error":
+            raise value
+    return [value for _, value in outcomes]

@@ -7,13 +7,11 @@ Local nodes are folders + loopback ports; SSH nodes are real sshd daemons on loo
 import os
 import subprocess
 import sys
-import threading
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from nodes.models import Deployment, Node, NodeLease
@@ -24,7 +22,7 @@ from pipeline.models import Build, Event, Job, PullRequest
 from pipeline.services.builds import end_build, request_build
 from pipeline.services.pulls import close_pull_request, open_pull_request, sync_pull_requests
 from tests.factories import BuildFactory, RepositoryFactory
-from tests.helpers import GitRepo, build_ended, free_port, wait_until
+from tests.helpers import GitRepo, build_ended, free_port, race, wait_until
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -125,22 +123,8 @@ def test_it_never_allocates_disabled_draining_or_unhealthy_nodes(local_nodes, fl
 def test_twenty_concurrent_allocations_never_share_a_node(local_nodes):
     nodes = local_nodes(10)
     builds = [BuildFactory(branch=f"feature/race-{n}") for n in range(20)]
-    barrier = threading.Barrier(20)
-    got = {}
-
-    def take(build):
-        barrier.wait()
-        try:
-            node = allocate_node(build)
-            got[build.pk] = node.pk if node else None
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=take, args=(b,)) for b in builds]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    nodes_got = race(allocate_node, [(build,) for build in builds])
+    got = {build.pk: node.pk if node else None for build, node in zip(builds, nodes_got, strict=True)}
     taken = [pk for pk in got.values() if pk]
     assert len(got) == 20
     assert len(taken) == len(set(taken)) == 10

@@ -1,10 +1,9 @@
 """The one writer of statuses, the database constraints behind it, and the reaper."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pipeline.models import Build, Event, Job
@@ -12,6 +11,7 @@ from pipeline.services.builds import request_build
 from pipeline.services.reaper import reap_stuck_runs
 from pipeline.statemachine import InvalidTransition, transition
 from tests.factories import BuildFactory, JobFactory
+from tests.helpers import race
 
 
 @pytest.mark.django_db
@@ -53,45 +53,14 @@ def test_the_database_refuses_two_active_builds_of_one_sha():
 @pytest.mark.django_db(transaction=True)
 def test_it_lets_only_one_of_many_concurrent_claims_win():
     job = JobFactory()
-    wins = []
-    barrier = threading.Barrier(8)
-
-    def claim():
-        barrier.wait()
-        try:
-            wins.append(transition(Job.objects.get(pk=job.pk), Job.Status.RUNNING))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    wins = race(lambda: transition(Job.objects.get(pk=job.pk), Job.Status.RUNNING), [()] * 8)
     assert wins.count(True) == 1
     assert Event.objects.filter(job=job, new="running").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_for_one_sha_share_a_single_build(repository):
-    barrier = threading.Barrier(6)
-    results, errors = [], []
-
-    def ask():
-        barrier.wait()
-        try:
-            results.append(request_build(repository, "master"))
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=ask) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    results = race(request_build, [(repository, "master")] * 6)  # raises if any failed
     assert Build.objects.count() == 1
     assert {build.pk for build, _ in results} == {Build.objects.get().pk}
     assert sum(created for _, created in results) == 1
