@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TRAINYARD_ENV=production
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git openssh-client \
+ && apt-get install -y --no-install-recommends git openssh-client bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 trainyard
 WORKDIR /app

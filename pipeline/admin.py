@@ -1,12 +1,45 @@
+from django import forms
 from django.contrib import admin
 
-from pipeline.models import ApiToken, Build, Commit, Event, Job, PullRequest, Repository
+from pipeline.models import ApiToken, Build, Commit, Event, Job, PullRequest, Repository, Variable
+
+
+class VariableForm(forms.ModelForm):
+    """A secret value is write-only: the page never shows it again; blank keeps it."""
+
+    class Meta:
+        model = Variable
+        fields = ["name", "value", "secret"]
+        widgets = {"value": forms.TextInput(attrs={"size": 40})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.secret:
+            self.fields["value"] = forms.CharField(
+                required=False, widget=forms.PasswordInput(render_value=False),
+                help_text="Secret: not shown. Leave blank to keep the current value.")
+
+    def clean_value(self):
+        value = self.cleaned_data.get("value", "")
+        if not value and self.instance.pk and self.instance.secret:
+            return self.instance.value
+        return value
+
+
+class VariableInline(admin.TabularInline):
+    model = Variable
+    form = VariableForm
+    extra = 1
+    verbose_name = "build variable"
+    verbose_name_plural = ("build variables (in every job's environment; secret values are "
+                           "masked in logs and never shown again)")
 
 
 @admin.register(Repository)
 class RepositoryAdmin(admin.ModelAdmin):
     list_display = ["name", "provider", "default_branch", "clone_url", "lgtms_required"]
     search_fields = ["name"]
+    inlines = [VariableInline]
 
 
 @admin.register(Commit)

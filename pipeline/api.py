@@ -76,7 +76,7 @@ def _run_command(request, repository, text=None, *, name=None, args=()):
         else:
             outcome = chatops.run(repository, name, list(args), user=request.user, via="api")
     except chatops.CommandError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+        return JsonResponse({"error": str(exc)}, status=exc.status)
     body = {"message": outcome.message}
     if outcome.build is not None:
         body["build"] = build_to_dict(outcome.build)

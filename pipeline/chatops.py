@@ -7,11 +7,17 @@ import shlex
 from dataclasses import dataclass, field
 
 from pipeline import permissions
-from pipeline.services.builds import BuildRequestError, request_build
+from pipeline.services.builds import BuildRequestError, QueueUnavailable, request_build
 
 
 class CommandError(ValueError):
-    pass
+    status = 400
+
+
+class Unavailable(CommandError):
+    """A service the command needs is away: try again later (HTTP 503)."""
+
+    status = 503
 
 
 @dataclass
@@ -42,6 +48,8 @@ def _build_branch(repository, args, user, via):
     permissions.require(user, "build")
     try:
         build, created = request_build(repository, args[0], user=user, via=via)
+    except QueueUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
     except BuildRequestError as exc:
         raise CommandError(str(exc)) from exc
     verb = "queued" if created else "already building as"

@@ -199,7 +199,9 @@ class Job(models.Model):
     Status = RunStatus
     TRANSITIONS = {
         Status.QUEUED: {Status.RUNNING, Status.ERROR, Status.CANCELLED},
-        Status.RUNNING: {Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED},
+        # RUNNING -> QUEUED: its worker died and the reaper runs it again (checks repeat).
+        Status.RUNNING: {Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED,
+                         Status.QUEUED},
     }
     ACTIVE = Build.ACTIVE
     ENDED = Build.ENDED
@@ -218,6 +220,10 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(
+        default=1, help_text="Runs so far, counting this one: a job whose worker died runs again.")
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a task for it was last sent to the broker.")
 
     objects = JobQuerySet.as_manager()
 
@@ -244,6 +250,31 @@ class Job(models.Model):
         import shlex
 
         return shlex.join(self.command)
+
+
+class Variable(models.Model):
+    """A repository's build variable. Secret values reach the jobs' environment only: never a
+    log (masked), a page or the API."""
+
+    NAME_REGEX = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="variables")
+    name = models.CharField(max_length=100)
+    value = models.TextField(blank=True)
+    secret = models.BooleanField(
+        default=True, help_text="Masked in logs and never shown again after saving.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["repository_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "name"], name="variable_unique_name"),
+            models.CheckConstraint(condition=Q(name__regex=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+                                   name="variable_name_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.repository}:{self.name}"
 
 
 class LogChunk(models.Model):

@@ -128,9 +128,15 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # A connection whose backend PostgreSQL ended (restart, failover,
+        # pg_terminate_backend) is replaced instead of failing the request or task that
+        # drew it: with the pool, each connection is tried (an empty query) as it leaves the
+        # pool (Django passes psycopg_pool's check_connection); without, a kept connection is
+        # tried before a request or task uses it again.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
         # ASGI + persistent connections exhausts PostgreSQL; the built-in pool does not.
         if env_bool("DB_POOL", True):
-            DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 20}}
+            DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 20}
             DATABASES["default"]["CONN_MAX_AGE"] = 0
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
@@ -201,9 +207,27 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "radiators.layers.ThreadSafeInMemoryChannelLayer"}}
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
-CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"polling_interval": 0.01} if CELERY_BROKER_URL.startswith("memory") else {}
-)
+if CELERY_BROKER_URL.startswith("memory"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Redelivery of a message nobody acknowledged. Dead workers do not rely on it (jobs
+        # heartbeat to the database and the reaper re-queues silent ones within a minute),
+        # so it only has to outlast the longest job (TRAINYARD_MAX_JOB_TIMEOUT, 2 h) with
+        # room for its checkout: a job that is still running is never delivered twice.
+        "visibility_timeout": env_int(
+            "CELERY_VISIBILITY_TIMEOUT", env_int("TRAINYARD_MAX_JOB_TIMEOUT", 2 * 3600) + 3600),
+        # A Redis that went away: connecting gives up after 1 s and waiting for a reply
+        # after 2 s (above kombu's 1 s BRPOP), so nothing hangs; a worker then reconnects.
+        "socket_connect_timeout": 1,
+        "socket_timeout": 2,
+        # A timed-out command is not sent again by redis-py (that would double the wait):
+        # the worker reconnects, and a publish fails fast (policy below).
+        "retry_on_timeout": False,
+        # PING connections idle this long before use; kombu also drops a BRPOP or pub/sub
+        # connection that went silent (a half-open socket) within 1 s + 2 x this.
+        "health_check_interval": 10,
+    }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -219,8 +243,26 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_REDIRECT_STDOUTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that lost Redis reconnects for as long as it takes (the default gives up after
+# 100 attempts and exits).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# A job's outcome goes to PostgreSQL, not through the broker: a task running when Redis
+# goes away finishes and records its result (only its ack is lost; running twice is
+# harmless). Cancelling it would throw the work away and wait for the reaper.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Publishing (a web request, a task queueing the next) fails fast when Redis is away, with
+# kombu.exceptions.OperationalError, so the web can answer 503: at once when Redis refuses
+# connections (down, restarting), after socket_connect_timeout when it is unreachable,
+# after socket_timeout (2 s) when it accepts but does not answer. No retries: redis-py
+# already replaces a pooled connection that died while idle (a Redis restart), and each
+# retry against a hung Redis costs another 2 s or more (one retry measured 6 s).
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 CELERY_TIMEZONE = TIME_ZONE
-# Each task otherwise closes its DB connection: ~80 tasks/s at best.
+# Each task otherwise closes its DB connection: ~80 tasks/s at best. Safe to reuse:
+# pipeline/celery.py drops broken connections around every task (close_old_connections),
+# and the pool checks (or CONN_HEALTH_CHECKS tries) a connection before it is used.
 CELERY_DB_REUSE_MAX = 100
 
 # Trainyard itself.
@@ -236,6 +278,26 @@ TRAINYARD = {
     "DEPLOY_TIMEOUT": env_int("TRAINYARD_DEPLOY_TIMEOUT", 10 * 60),
     "NODE_BASE_DIR": Path(env_str("TRAINYARD_NODE_DIR", str(VAR_DIR / "nodes"))),
     "NODE_FIRST_PORT": env_int("TRAINYARD_NODE_FIRST_PORT", 9101),
+    # Running user code: the sandbox ("bwrap", or "off" to run checks unsandboxed).
+    "SANDBOX": env_str("TRAINYARD_SANDBOX", "bwrap"),
+    "CACHE_DIR": Path(env_str("TRAINYARD_CACHE_DIR", str(VAR_DIR / "cache"))),
+    "CACHE_MAX_BYTES": env_int("TRAINYARD_CACHE_MAX_BYTES", 5 * 1024**3),
+    # Limits that keep one branch from starving the rest.
+    "MAX_CHECKS": env_int("TRAINYARD_MAX_CHECKS", 50),
+    "MAX_SPEC_VALUES": env_int("TRAINYARD_MAX_SPEC_VALUES", 5000),
+    "MAX_COMMAND_BYTES": env_int("TRAINYARD_MAX_COMMAND_BYTES", 32 * 1024),
+    "MAX_JOB_TIMEOUT": env_int("TRAINYARD_MAX_JOB_TIMEOUT", 2 * 3600),
+    "WORKSPACE_MAX_BYTES": env_int("TRAINYARD_WORKSPACE_MAX_BYTES", 4 * 1024**3),
+    "JOBS_PER_BUILD": env_int("TRAINYARD_JOBS_PER_BUILD", 4),
+    "JOBS_PER_REPOSITORY": env_int("TRAINYARD_JOBS_PER_REPOSITORY", 8),
+    # Git: a web request waits briefly, a worker longer; syncs skip a busy mirror.
+    "GIT_REQUEST_TIMEOUT": env_int("TRAINYARD_GIT_REQUEST_TIMEOUT", 20),
+    "GIT_SYNC_TIMEOUT": env_int("TRAINYARD_GIT_SYNC_TIMEOUT", 60),
+    # Recovery: a running job beats every HEARTBEAT_SECONDS; silent for HEARTBEAT_TIMEOUT
+    # means its worker died. Such a job runs again up to JOB_ATTEMPTS times in all.
+    "HEARTBEAT_SECONDS": env_int("TRAINYARD_HEARTBEAT_SECONDS", 5),
+    "HEARTBEAT_TIMEOUT": env_int("TRAINYARD_HEARTBEAT_TIMEOUT", 30),
+    "JOB_ATTEMPTS": env_int("TRAINYARD_JOB_ATTEMPTS", 2),
 }
 
 if PRODUCTION:
@@ -259,7 +321,8 @@ LOGGING = {
 }
 
 CELERY_BEAT_SCHEDULE = {
-    "reap-stuck-runs": {"task": "pipeline.tasks.reap_stuck_runs", "schedule": 60.0},
+    # Heartbeats go silent after 30 s: a 15 s round notices a dead worker within 45 s.
+    "reap-stuck-runs": {"task": "pipeline.tasks.reap_stuck_runs", "schedule": 15.0},
     # Backstop: nodes are normally handed on the moment a build releases one.
     "dispatch-waiting-deploys": {"task": "pipeline.tasks.dispatch_waiting_deploys",
                                  "schedule": 15.0},

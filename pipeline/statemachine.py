@@ -18,9 +18,11 @@ def sources_for(model, to):
     return [src for src, targets in model.TRANSITIONS.items() if to in targets]
 
 
-def transition(obj, to, *, actor=None, note="", event_data=None, **fields):
+def transition(obj, to, *, actor=None, note="", event_data=None, where=None, **fields):
     """Move `obj` to status `to` if its current state allows it. Returns True if it did.
 
+    `where` adds conditions the row must still meet (e.g. `{"attempt": 2}`: a copy of a job
+    that was given up on cannot end the run that replaced it).
     `obj` is refreshed in place with the new status and fields when the move succeeds.
     The Event's message is `note`, else the row's new `message` field.
     """
@@ -33,7 +35,7 @@ def transition(obj, to, *, actor=None, note="", event_data=None, **fields):
     with transaction.atomic():
         old = (
             model.objects.select_for_update()
-            .filter(pk=obj.pk, status__in=sources)
+            .filter(pk=obj.pk, status__in=sources, **(where or {}))
             .values_list("status", flat=True)
             .first()
         )

@@ -2,6 +2,7 @@
 each service claims its row with a status transition first."""
 
 from celery import shared_task
+from django.conf import settings
 
 from pipeline.services import builds, jobs, pulls, reaper
 
@@ -12,7 +13,7 @@ def run_build(build_id):
 
 
 # The job's own timeout is enforced by the transport; the Celery limit is a backstop.
-@shared_task(acks_late=True, time_limit=25 * 3600)
+@shared_task(acks_late=True, time_limit=settings.TRAINYARD["MAX_JOB_TIMEOUT"] + 900)
 def run_job(job_id):
     jobs.run_job(job_id)
 
@@ -27,6 +28,8 @@ def dispatch_waiting_deploys():
     builds.dispatch_waiting_deploys()
 
 
+# Each fetch stops after GIT_SYNC_TIMEOUT; the Celery limit is a backstop.
 @shared_task(time_limit=300)
 def sync_pull_requests():
+    """Harmless to run twice: a tick that overlaps a running sync returns at once."""
     pulls.sync_local_repositories()

@@ -38,10 +38,17 @@ def pytest_sessionstart(session):
         pytest.exit(f"TRAINYARD_TEST_SERVICES=1 but Redis does not answer: {exc}", returncode=3)
 
 
+@pytest.fixture(scope="session")
+def setup_cache_dir(tmp_path_factory):
+    """One setup cache for the whole session, as one worker host keeps it: the demo's
+    virtualenv is built once, not once per test."""
+    return tmp_path_factory.mktemp("setup-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_workspaces(settings, tmp_path):
+def _isolated_workspaces(settings, tmp_path, setup_cache_dir):
     settings.TRAINYARD = {**settings.TRAINYARD, "WORKSPACE_DIR": tmp_path / "workspaces",
-                          "CHECK_TIMEOUT": 120}
+                          "CACHE_DIR": setup_cache_dir, "CHECK_TIMEOUT": 120}
 
 
 # People -------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_it_shows_a_build_page_with_jobs_and_logs(client, repository, developer)
 
 @pytest.mark.django_db(transaction=True)
 def test_it_follows_a_build_from_the_command_line(worker, live_server, repository, git_repo, token):
-    git_repo.commit({"trainyard.yml": "checks:\n  unit: python -c \"raise SystemExit(1)\"\n"},
+    git_repo.commit({"trainyard.yml": "checks:\n  unit: python3 -c \"raise SystemExit(1)\"\n"},
                     branch="feature/red")
     out = io.StringIO()
     call_command("bb", "app", "master", "--wait", "--server", live_server.url, "--token", token,
@@ -155,3 +155,27 @@ def test_it_exits_2_when_no_server_answers(repository):
     with pytest.raises(CommandError, match="cannot reach Trainyard") as caught:
         call_command("bb", "app", "master", "--server", "http://127.0.0.1:9", "--token", "x")
     assert caught.value.returncode == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_503_and_leaves_nothing_half_made_when_the_broker_is_away(
+        client, repository, token, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    from pipeline.services import builds
+
+    def broker_down(build_id):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6399. Connection refused.")
+
+    monkeypatch.setattr(builds, "_enqueue_build", broker_down)
+    response = post_json(client, "/api/repos/app/builds", {"branch": "master"},
+                         HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 503
+    assert "broker is unreachable" in response.json()["error"]
+    build = Build.objects.get()
+    assert build.status == "error" and "could not be queued" in build.message
+    # Asking again once the broker is back makes a new build: nothing says "already building".
+    monkeypatch.setattr(builds, "_enqueue_build", lambda build_id: None)
+    again = post_json(client, "/api/repos/app/builds", {"branch": "master"},
+                      HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert again.status_code == 201

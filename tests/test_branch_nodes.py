@@ -270,8 +270,8 @@ def test_a_node_dying_mid_deploy_fails_clearly_and_the_next_build_moves_on(worke
     for extra in ssh_pool[1:]:
         Node.objects.filter(pk=extra.pk).update(enabled=False)
     repo = GitRepo(tmp_path / "slow-origin")
-    spec = ("checks:\n  ok: python -c pass\n"
-            "deploy:\n  install: {run: [python, -c, 'import time,sys; print(\"installing\", flush=True);"
+    spec = ("checks:\n  ok: python3 -c pass\n"
+            "deploy:\n  install: {run: [python3, -c, 'import time,sys; print(\"installing\", flush=True);"
             " time.sleep(float(open(\"DELAY\").read()))'], timeout: 120}\n")
     good = repo.commit({"trainyard.yml": spec, "DELAY": "0"}, branch="feature/slow")
     app = RepositoryFactory(name="slow", clone_url=str(repo.path))
@@ -305,8 +305,8 @@ def test_hostile_branch_names_never_run_anything_on_the_node(worker, ssh_pool, t
     repo = GitRepo(tmp_path / "hostile-origin")
     marker = Path("/tmp") / f"typwn{os.getpid()}"  # short: branch names stop at 200 chars
     marker.unlink(missing_ok=True)
-    spec = ("checks:\n  ok: python -c pass\n"
-            "deploy:\n  start: [python, -c, 'import os; print(os.environ[\"TRAINYARD_BRANCH\"])']\n")
+    spec = ("checks:\n  ok: python3 -c pass\n"
+            "deploy:\n  start: [python3, -c, 'import os; print(os.environ[\"TRAINYARD_BRANCH\"])']\n")
     branch = f"x$(touch${{IFS}}{marker})`touch${{IFS}}{marker}`'\";touch{marker}"
     repo.commit({"trainyard.yml": spec}, branch=branch)
     app = RepositoryFactory(name="hostile", clone_url=str(repo.path))

@@ -1,10 +1,12 @@
 """Build orchestration against real git repositories and a real Celery worker."""
 
+import socket
+
 import pytest
 
 from pipeline.models import Build, Event, Job
 from pipeline.services.builds import BuildRequestError, request_build
-from tests.helpers import build_ended, wait_until
+from tests.helpers import Gate, build_ended, free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,14 +25,14 @@ def test_it_runs_each_check_as_a_job_and_passes(worker, repository, git_repo, de
     assert set(jobs) == {"lint", "unit"}
     assert all(job.status == "passed" and job.exit_code == 0 for job in jobs.values())
     assert "unit ok" in log_of(jobs["unit"])
-    assert build.spec["checks"]["unit"]["argv"] == ["python", "-c", "print('unit ok')"]
+    assert build.spec["checks"]["unit"]["argv"] == ["python3", "-c", "print('unit ok')"]
     kinds = list(Event.objects.filter(build=build).values_list("kind", "new"))
     assert ("build.status", "running") in kinds and ("build.status", "passed") in kinds
 
 
 def test_it_fails_the_build_when_a_check_fails(worker, repository, git_repo):
-    git_repo.commit({"trainyard.yml": "checks:\n  ok: python -c pass\n"
-                     "  bad: python -c \"import sys; print('boom'); sys.exit(3)\"\n"},
+    git_repo.commit({"trainyard.yml": "checks:\n  ok: python3 -c pass\n"
+                     "  bad: python3 -c \"import sys; print('boom'); sys.exit(3)\"\n"},
                     branch="feature/bad")
     build, _ = request_build(repository, "feature/bad")
     build_ended(build)
@@ -42,33 +44,36 @@ def test_it_fails_the_build_when_a_check_fails(worker, repository, git_repo):
     assert build.jobs.get(name="ok").status == "passed"
 
 
-def test_it_kills_a_hanging_check_with_its_children_at_its_timeout(worker, repository, git_repo,
-                                                                   tmp_path):
-    pidfile = tmp_path / "child.pid"
+def test_it_kills_a_hanging_check_with_its_children_at_its_timeout(worker, repository, git_repo):
+    # The grandchild holds a port open (the sandbox shares only the network with us): the
+    # port closing tells that it died.
+    port = free_port()
     script = (
-        "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "import socket, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import socket, time; "
+        f"s = socket.create_server((\\'127.0.0.1\\', {port})); time.sleep(600)'])\n"
+        "while True:\n"
+        f"    try:\n        socket.create_connection(('127.0.0.1', {port}), 1).close(); break\n"
+        "    except OSError:\n        time.sleep(0.02)\n"
         "print('hanging', flush=True)\n"
         "time.sleep(600)\n"
     )
     git_repo.commit({"hang.py": script,
-                     "trainyard.yml": "checks:\n  hang: {run: python hang.py, timeout: 2}\n"},
+                     "trainyard.yml": "checks:\n  hang: {run: python3 hang.py, timeout: 3}\n"},
                     branch="feature/hang")
     build, _ = request_build(repository, "feature/hang")
     build_ended(build, timeout=30)
     job = build.jobs.get()
     assert job.status == "failed", log_of(job)
-    assert "timeout of 2s" in job.message
+    assert "timeout of 3s" in job.message
     assert "hanging" in log_of(job)
-    child = int(pidfile.read_text())
-    # The grandchild died with its process group (a zombie until reaped counts as dead).
+
     def child_gone():
         try:
-            with open(f"/proc/{child}/stat") as handle:
-                return handle.read().split()[2] == "Z"
-        except FileNotFoundError:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+        except OSError:
             return True
+        return False
 
     wait_until(child_gone, timeout=10, message="the check's child process to die")
 
@@ -77,7 +82,7 @@ def test_it_caps_a_flood_of_output_and_still_ends(worker, repository, git_repo, 
     settings.TRAINYARD = {**settings.TRAINYARD, "OUTPUT_CAP_BYTES": 256 * 1024}
     flood = ("import sys\nchunk = 'x' * 1023 + '\\n'\n"
              "for _ in range(50 * 1024):\n    sys.stdout.write(chunk)\n")
-    git_repo.commit({"flood.py": flood, "trainyard.yml": "checks:\n  flood: python flood.py\n"},
+    git_repo.commit({"flood.py": flood, "trainyard.yml": "checks:\n  flood: python3 flood.py\n"},
                     branch="feature/flood")
     build, _ = request_build(repository, "feature/flood")
     build_ended(build, timeout=60)
@@ -142,8 +147,8 @@ def test_it_shares_one_build_between_two_requests_for_the_same_sha(repository):
 def test_it_gives_checks_none_of_trainyards_secrets(worker, repository, git_repo, monkeypatch):
     monkeypatch.setenv("SECRET_KEY", "super-secret-value")
     monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
-    git_repo.commit({"trainyard.yml": "checks:\n  env: python -c \"import os; print(sorted(os.environ))\"\n"},
-                    branch="feature/env")
+    spec = "checks:\n  env: python3 -c \"import os; print(sorted(os.environ))\"\n"
+    git_repo.commit({"trainyard.yml": spec}, branch="feature/env")
     build, _ = request_build(repository, "feature/env")
     build_ended(build)
     output = log_of(build.jobs.get())
@@ -160,7 +165,7 @@ def test_it_stores_junit_results(worker, repository, git_repo):
   <testcase classname="t.test_a" name="test_skip"><skipped message="later"/></testcase>
 </testsuite></testsuites>"""
     git_repo.commit({"report.xml": report,
-                     "trainyard.yml": "checks:\n  unit: {run: python -c pass, junit: report.xml}\n"},
+                     "trainyard.yml": "checks:\n  unit: {run: python3 -c pass, junit: report.xml}\n"},
                     branch="feature/junit")
     build, _ = request_build(repository, "feature/junit")
     build_ended(build)
@@ -170,20 +175,19 @@ def test_it_stores_junit_results(worker, repository, git_repo):
     assert "3 tests, 1 failed" in job.message
 
 
-def test_it_stores_output_while_the_job_runs(worker, repository, git_repo, tmp_path):
-    gate = tmp_path / "release"
-    script = ("import os, time\nprint('first line', flush=True)\n"
-              f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('done')\n")
-    git_repo.commit({"slow.py": script, "trainyard.yml": "checks:\n  slow: python slow.py\n"},
-                    branch="feature/slow")
+def test_it_stores_output_while_the_job_runs(worker, repository, git_repo):
+    gate = Gate()
+    git_repo.commit({"slow.py": gate.script(before="first line", after="done"),
+                     "trainyard.yml": "checks:\n  slow: python3 slow.py\n"}, branch="feature/slow")
     build, _ = request_build(repository, "feature/slow")
     job = wait_until(lambda: Job.objects.filter(build=build, status="running").first(),
                      message="the job to start")
     wait_until(lambda: "first line" in log_of(job), message="output while running")
     job.refresh_from_db()
     assert job.status == "running"
-    gate.touch()
+    gate.open()
     build_ended(build)
+    gate.close()
     assert build.status == "passed"
 
 

@@ -6,18 +6,16 @@ from playwright.sync_api import expect
 
 from pipeline.models import Job
 from pipeline.services.builds import request_build
-from tests.helpers import off_main_thread, wait_until
+from tests.helpers import Gate, off_main_thread, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 LIVE = 30_000
 
 
-def test_it_shows_a_jobs_output_while_it_runs(page, asgi_server, worker, repository, git_repo,
-                                              tmp_path):
-    gate = tmp_path / "release"
-    script = ("import os, time\nprint('first line', flush=True)\n"
-              f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('last line')\n")
-    git_repo.commit({"slow.py": script, "trainyard.yml": "checks:\n  slow: python slow.py\n"},
+def test_it_shows_a_jobs_output_while_it_runs(page, asgi_server, worker, repository, git_repo):
+    gate = Gate()
+    git_repo.commit({"slow.py": gate.script(before="first line", after="last line"),
+                     "trainyard.yml": "checks:\n  slow: python3 slow.py\n"},
                     branch="feature/slow")
     build, _ = off_main_thread(request_build, repository, "feature/slow", via="test")
     wait_until(lambda: Job.objects.filter(build=build, status="running").exists(),
@@ -27,7 +25,7 @@ def test_it_shows_a_jobs_output_while_it_runs(page, asgi_server, worker, reposit
     job = page.locator("section.job")
     expect(job.locator("[data-role=log]")).to_contain_text("first line", timeout=LIVE)
     expect(job.locator("[data-role=status]")).to_have_text("running")
-    gate.touch()
+    gate.open()
     expect(job.locator("[data-role=status]")).to_have_text("passed", timeout=LIVE)
     expect(job.locator("[data-role=log]")).to_contain_text("last line", timeout=LIVE)
     expect(page.locator("#build-status")).to_have_text("passed", timeout=LIVE)

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult
 from pipeline.services.builds import request_build
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
-from tests.helpers import off_main_thread, wait_until
+from tests.helpers import Gate, off_main_thread, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -94,13 +94,11 @@ def test_it_shows_a_new_build_and_each_job_passing_without_a_reload(radiator, wo
     assert_not_reloaded(page)
 
 
-def test_it_follows_a_job_from_running_to_passed(radiator, worker, repository, git_repo, tmp_path):
+def test_it_follows_a_job_from_running_to_passed(radiator, worker, repository, git_repo):
     page = radiator
-    gate = tmp_path / "gate"
-    waiter = ("import os, time\n"
-              f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n")
-    git_repo.commit({"wait.py": waiter,
-                     "trainyard.yml": "checks:\n  lint: python -c pass\n  slow: python wait.py\n"},
+    gate = Gate()
+    git_repo.commit({"wait.py": gate.script(),
+                     "trainyard.yml": "checks:\n  lint: python3 -c pass\n  slow: python3 wait.py\n"},
                     branch="feature/slow")
 
     build = ask_for(repository, "feature/slow")
@@ -108,15 +106,15 @@ def test_it_follows_a_job_from_running_to_passed(radiator, worker, repository, g
     card = expect_build(page, build, "running", {"lint": "passed", "slow": "running"})
     expect(card.locator('.rad-job.status-running .rad-icon')).to_have_css(
         "animation-name", "rad-spin")
-    gate.touch()
+    gate.open()
     expect_build(page, build, "passed", {"lint": "passed", "slow": "passed"})
     assert_not_reloaded(page)
 
 
 def test_it_turns_a_failing_build_red(radiator, worker, repository, git_repo):
     page = radiator
-    git_repo.commit({"trainyard.yml": "checks:\n  ok: python -c pass\n"
-                     "  bad: python -c \"import sys; sys.exit(3)\"\n"}, branch="feature/bad")
+    git_repo.commit({"trainyard.yml": "checks:\n  ok: python3 -c pass\n"
+                     "  bad: python3 -c \"import sys; sys.exit(3)\"\n"}, branch="feature/bad")
 
     build = ask_for(repository, "feature/bad")
 

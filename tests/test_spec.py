@@ -1,8 +1,9 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from pipeline.spec import Spec, SpecError, parse_spec
+from pipeline.spec import Command, Spec, SpecError, SpecLimits, parse_spec
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo-app" / "trainyard.yml"
 
@@ -10,18 +11,56 @@ DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo-app" / "
 def test_it_parses_the_demo_apps_spec():
     spec = parse_spec(DEMO_SPEC.read_bytes())
     assert list(spec.checks) == ["lint", "unit", "integration"]
-    assert spec.checks["lint"].argv == ["ruff", "check", "."]
+    assert spec.checks["lint"].argv == [".venv/bin/python", "-m", "ruff", "check", "."]
     assert spec.checks["unit"].junit == "reports/unit.xml"
     assert spec.deploy["health"] == "http://{host}:{port}/health"
     assert spec.deploy["start"].argv == ["bin/start"]
-    assert spec.smoke.argv[:3] == ["python", "-m", "pytest"]
+    assert spec.smoke.argv[:3] == [".venv/bin/python", "-m", "pytest"]
     assert spec.environments == ["staging", "preview", "preprod"]
     assert spec.train_schedule == "0 * * * *"
+    assert spec.setup[0].argv == ["python3", "-m", "venv", ".venv"]
+    assert spec.cache == {"key": ["requirements-dev.txt"], "paths": [".venv"]}
+    assert spec.env == {"PYTHONDONTWRITEBYTECODE": "1"}
+
+
+FULL_SPEC = """\
+setup:
+  - python3 -m venv .venv
+  - {run: [.venv/bin/pip, install, -r, requirements.txt], timeout: 600, env: {PIP_NO_INPUT: "1"}}
+cache: {key: [requirements.txt, setup.cfg], paths: [.venv, node_modules]}
+env: {DJANGO_SETTINGS_MODULE: app.settings, PATH: /opt/bin:/usr/bin, DEBUG: on, EMPTY: }
+checks:
+  unit: {run: pytest, junit: reports/unit.xml, env: {PYTHONHASHSEED: 0}}
+  lint: ruff check .
+deploy: {install: make, start: {run: bin/start, timeout: 30}, health: "http://{host}:{port}/"}
+smoke: {run: pytest tests/smoke, env: {SMOKE: yes}}
+acceptance: pytest tests/acceptance
+environments: [staging]
+train: {schedule: "30 * * * *"}
+"""
 
 
 def test_it_round_trips_through_json():
     spec = parse_spec(DEMO_SPEC.read_text())
     assert Spec.from_dict(spec.to_dict()) == spec
+    spec = parse_spec(FULL_SPEC)
+    stored = json.loads(json.dumps(spec.to_dict()))
+    assert Spec.from_dict(stored) == spec
+    assert Spec.from_dict(stored).to_dict() == stored
+
+
+def test_it_loads_a_spec_stored_before_setup_cache_and_env():
+    stored = {"checks": {"unit": {"argv": ["pytest"], "junit": "", "timeout": 30}},
+              "deploy": {"start": {"argv": ["bin/start"], "junit": "", "timeout": None},
+                         "health": "http://{host}:{port}/"},
+              "smoke": None, "acceptance": None, "environments": ["staging"],
+              "train_schedule": "0 * * * *"}
+    spec = Spec.from_dict(stored)
+    assert spec.checks["unit"] == Command(argv=["pytest"], timeout=30, env={})
+    assert (spec.setup, spec.cache, spec.env) == ([], None, {})
+    assert spec.deploy["start"].argv == ["bin/start"]
+    # What deploys pass for the deploy section alone.
+    assert Spec.from_dict({"checks": {}, "deploy": stored["deploy"]}).deploy == spec.deploy
 
 
 def test_it_splits_quoted_commands_like_a_shell_without_running_one():
@@ -53,6 +92,7 @@ def test_it_takes_commands_as_lists_and_with_a_timeout():
         ("checks:\n  x: y\ntrain: {schedule: hourly}\n", "train.schedule", 3),
         ("checks: [a, b]\n", "checks", 1),
         ("- a\n- b\n", None, 1),
+        ("checks: {x: y}\ntrain: {scheduel: x}\n", "train.scheduel", 2),
     ],
 )
 def test_it_names_the_key_and_line_of_a_mistake(text, key, line):
@@ -79,3 +119,123 @@ def test_it_refuses_empty_binary_or_huge_files(payload):
 def test_it_does_not_construct_python_objects():
     with pytest.raises(SpecError):
         parse_spec("checks: !!python/object/apply:os.system ['echo pwned']\n")
+
+
+# setup ---------------------------------------------------------------------------------
+
+def test_it_reads_setup_as_a_list_of_commands_in_any_form():
+    spec = parse_spec("setup:\n  - make deps\n  - [npm, ci]\n  - {run: pip install ., env: {A: b}}\n"
+                      "checks: {x: y}\n")
+    assert [c.argv for c in spec.setup] == [["make", "deps"], ["npm", "ci"], ["pip", "install", "."]]
+    assert spec.setup[2].env == {"A": "b"}
+
+
+def test_it_reads_a_single_setup_string_as_a_list_of_one():
+    spec = parse_spec("setup: 'pip install -r requirements.txt'\nchecks: {x: y}\n")
+    assert spec.setup == [Command(argv=["pip", "install", "-r", "requirements.txt"])]
+
+
+def test_it_needs_no_setup_cache_or_env():
+    spec = parse_spec("checks: {x: y}\n")
+    assert (spec.setup, spec.cache, spec.env) == ([], None, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "message"),
+    [
+        ("checks: {x: y}\nsetup: {run: make}\n", "setup", 2, "expected a list of commands"),
+        ("checks: {x: y}\nsetup: []\n", "setup", 2, "at least one command"),
+        ("checks: {x: y}\nsetup:\n  - make\n  - ''\n", "setup[1]", 4, "the command is empty"),
+        ("checks: {x: y}\nsetup: [{run: make, retries: 2}]\n", "setup[0].retries", 2, "unknown key"),
+        ("checks: {x: y}\nsetup: [{run: make, timeout: '²'}]\n", "setup[0].timeout", 2, "whole seconds"),
+    ],
+)
+def test_it_refuses_bad_setup(text, key, line, message):
+    with pytest.raises(SpecError, match=message) as caught:
+        parse_spec(text)
+    assert (caught.value.key, caught.value.line) == (key, line)
+
+
+# cache ---------------------------------------------------------------------------------
+
+def test_it_reads_a_cache_with_one_key_file_or_several():
+    spec = parse_spec("setup: make\ncache: {key: poetry.lock, paths: [.venv, ./node_modules/]}\n"
+                      "checks: {x: y}\n")
+    assert spec.cache == {"key": ["poetry.lock"], "paths": [".venv", "./node_modules/"]}
+    spec = parse_spec("setup: make\ncache:\n  key: [a.txt, b/c.txt]\n  paths: .venv\nchecks: {x: y}\n")
+    assert spec.cache == {"key": ["a.txt", "b/c.txt"], "paths": [".venv"]}
+
+
+@pytest.mark.parametrize(
+    ("cache", "key", "message"),
+    [
+        ("{paths: [.venv]}", "cache", "'key' is missing"),
+        ("{key: a.txt}", "cache", "'paths' is missing"),
+        ("{key: [], paths: [.venv]}", "cache.key", "at least one path"),
+        ("{key: a.txt, paths: []}", "cache.paths", "at least one path"),
+        ("{key: a.txt, paths: [../.venv]}", "cache.paths", "inside the repository"),
+        ("{key: /etc/passwd, paths: [.venv]}", "cache.key", "inside the repository"),
+        ("{key: a.txt, paths: [.]}", "cache.paths", "inside the repository"),
+        ("{key: a.txt, paths: ['']}", "cache.paths", "inside the repository"),
+        ("{key: a.txt, paths: [./.git/hooks]}", "cache.paths", "may not hold .git"),
+        ("{key: a.txt, paths: [{a: b}]}", "cache.paths", "expected a plain value"),
+        ("{key: {a: b}, paths: [.venv]}", "cache.key", "expected a path or a list"),
+        ("{key: a.txt, paths: [.venv], ttl: 3}", "cache.ttl", "unknown key"),
+        ("[.venv]", "cache", "expected a mapping"),
+    ],
+)
+def test_it_refuses_a_bad_cache(cache, key, message):
+    with pytest.raises(SpecError, match=message) as caught:
+        parse_spec(f"checks: {{x: y}}\nsetup: make\ncache: {cache}\n")
+    assert (caught.value.key, caught.value.line) == (key, 3)
+
+
+def test_it_refuses_a_cache_without_setup_to_fill_it():
+    with pytest.raises(SpecError, match="'cache' needs 'setup'") as caught:
+        parse_spec("checks: {x: y}\ncache: {key: a.txt, paths: [.venv]}\n")
+    assert (caught.value.key, caught.value.line) == ("cache", 2)
+
+
+# env -----------------------------------------------------------------------------------
+
+def test_it_reads_env_for_every_job_and_for_one_command():
+    spec = parse_spec("env: {PATH: /opt/bin, _X1: 3, FLAG: on, NONE: }\n"
+                      "checks:\n  unit: {run: pytest, env: {DJANGO_DEBUG: 'false'}}\n"
+                      "acceptance: {run: pytest, env: {A: b}}\n")
+    assert spec.env == {"PATH": "/opt/bin", "_X1": "3", "FLAG": "on", "NONE": ""}
+    assert spec.checks["unit"].env == {"DJANGO_DEBUG": "false"}
+    assert spec.acceptance.env == {"A": "b"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "message"),
+    [
+        ("env: {1A: x}\n", "env.1A", 1, "variable names"),
+        ("env: {A-B: x}\n", "env.A-B", 1, "variable names"),
+        ('env: {"A\\n": x}\n', "env.A\n", 1, "variable names"),
+        ("env: {HOME: /root}\n", "env.HOME", 1, "set by Trainyard"),
+        ("env: {TRAINYARD: '0'}\n", "env.TRAINYARD", 1, "set by Trainyard"),
+        ("env: {TRAINYARD_SHA: abc}\n", "env.TRAINYARD_SHA", 1, "set by Trainyard"),
+        ("env: {A: [1, 2]}\n", "env.A", 1, "expected a plain value"),
+        ("env: [A=1]\n", "env", 1, "expected a mapping"),
+        ("env: {A: 1, A: 2}\n", "env.A", 1, "given twice"),
+        ("env: {A: 1}\nsmoke:\n  {run: y, env: {HOME: /}}\n", "smoke.env.HOME", 3,
+         "set by Trainyard"),
+        ("deploy:\n  start: {run: bin/start, env: {A: b}}\n", "deploy.start.env", 2, "unknown key"),
+    ],
+)
+def test_it_refuses_bad_env(text, key, line, message):
+    with pytest.raises(SpecError, match=message) as caught:
+        parse_spec(text + "checks: {x: y}\n")
+    assert (caught.value.key, caught.value.line) == (key, line)
+
+
+def test_it_bounds_env_entries_and_values():
+    limits = SpecLimits(max_env=2, max_command_bytes=10)
+    assert parse_spec("env: {A: '0123456789', B: x}\nchecks: {x: y}\n", limits).env["A"] == "0123456789"
+    with pytest.raises(SpecError, match="more than 2 variables") as caught:
+        parse_spec("checks: {x: y}\nenv: {A: 1, B: 2, C: 3}\n", limits)
+    assert (caught.value.key, caught.value.line) == ("env", 2)
+    with pytest.raises(SpecError, match="longer than 10 bytes") as caught:
+        parse_spec("checks:\n  x: {run: y, env: {A: 'é123456789'}}\n", limits)
+    assert (caught.value.key, caught.value.line) == ("checks.x.env.A", 2)

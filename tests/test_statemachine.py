@@ -67,17 +67,30 @@ def test_concurrent_requests_for_one_sha_share_a_single_build(repository):
 
 
 @pytest.mark.django_db
-def test_the_reaper_ends_jobs_whose_worker_died():
+def test_the_reaper_runs_again_a_job_whose_heartbeat_stopped_then_gives_up(monkeypatch):
+    from pipeline.services import builds
+
+    sent = []
+    monkeypatch.setattr(builds, "_enqueue_jobs", sent.extend)
     started = timezone.now() - timedelta(minutes=30)
-    job = JobFactory(status=Job.Status.RUNNING, timeout=60, started_at=started,
-                     build__status=Build.Status.RUNNING)
-    fresh = JobFactory(status=Job.Status.RUNNING, timeout=3600, started_at=started)
+    silent = timezone.now() - timedelta(seconds=45)
+    job = JobFactory(status=Job.Status.RUNNING, timeout=3600, started_at=started,
+                     heartbeat_at=silent, build__status=Build.Status.RUNNING)
+    # A long job that still beats is alive, however long it has run.
+    alive = JobFactory(status=Job.Status.RUNNING, timeout=3600, started_at=started,
+                       heartbeat_at=timezone.now(), build__status=Build.Status.RUNNING)
     assert reap_stuck_runs() >= 1
     job.refresh_from_db()
-    fresh.refresh_from_db()
-    assert job.status == "error" and "stopped" in job.message
-    assert job.build.__class__.objects.get(pk=job.build_id).status == "error"
-    assert fresh.status == "running"
+    alive.refresh_from_db()
+    assert job.status == "queued" and job.attempt == 2 and "running it again" in job.message
+    assert sent == [job.pk] and alive.status == "running"
+
+    # The second attempt's worker dies too: that was the last attempt.
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, heartbeat_at=silent)
+    reap_stuck_runs()
+    job.refresh_from_db()
+    assert job.status == "error" and "gave up after 2 attempts" in job.message
+    assert Build.objects.get(pk=job.build_id).status == "error"
 
 
 @pytest.mark.django_db

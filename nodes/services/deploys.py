@@ -1,33 +1,167 @@
 """Deploy a build's SHA to a node and record it: the Deployment row, the node's current
-release, events. The protocol itself (nodes/deploy/) knows nothing of the database."""
+release, events. The protocol itself (nodes/deploy/) knows nothing of the database.
 
+Running a deploy task twice is harmless. `run_deploy_job` is the one claim point: in one
+short transaction it locks the build's row, then the job's (the order every path takes:
+build, job, deployment, node), returns unless the job is queued and its build running,
+holds a node and moves the job QUEUED -> RUNNING. Only the copy whose claim commits
+deploys; the others find the job running and return. The remote work runs after that
+commit, outside any transaction, with a heartbeat. A worker that dies mid-deploy goes
+silent; the reaper then calls `recover_interrupted_deploy`, which frees the node.
+"""
+
+import logging
 import os
 import sys
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from nodes import deploy as protocol
 from nodes.models import Deployment, Node
-from nodes.services.allocation import mark_unhealthy
+from nodes.services.allocation import allocate_node, mark_unhealthy
 from nodes.services.connections import get_transport
 from nodes.services.health import check_node
 from nodes.transports import TransportError
+from pipeline.models import Build, Job
+from pipeline.services.builds import finish_build_if_done
 from pipeline.services.events import record_event
+from pipeline.services.heartbeat import Heartbeat
+from pipeline.services.logs import LogWriter
 from pipeline.statemachine import transition
+
+logger = logging.getLogger(__name__)
+WAITING_FOR_NODE = "waiting for a branch node"
+
+
+def run_deploy_job(job):
+    """Claim the deploy job, deploy the build's SHA to a branch node, end the job and move
+    the build on. None when this copy has nothing to do: another copy claimed the job, its
+    build ended, or no node is free (the job stays queued and says so)."""
+    node = _claim(job)
+    if node is None:
+        return None
+    build = job.build
+    log = LogWriter(job)
+    try:
+        with Heartbeat(job.pk):
+            deployment = deploy_build(build, node, build.spec["deploy"], log=log.write,
+                                      on_tick=log.tick)
+    except Exception as exc:
+        # A bug in Trainyard mid-deploy: end the job, and leave the node usable.
+        logger.exception("deploy job %s crashed", job.pk)
+        message = f"Trainyard failed while deploying: {exc!r}"[:2000]
+        log.write(f"\n[trainyard: {message}]\n")
+        recover_interrupted_deploy(job, message)
+        _end(job, Job.Status.ERROR, message=message)
+    else:
+        _store_outcome(job, node, deployment)
+    finally:
+        log.flush()
+    finish_build_if_done(build.pk)
+    return job
+
+
+def _claim(job):
+    """QUEUED -> RUNNING with a node held, in one short transaction. Returns the node, or
+    None when this copy is not the one to deploy."""
+    with transaction.atomic():
+        build_status = (Build.objects.select_for_update(no_key=True).filter(pk=job.build_id)
+                        .values_list("status", flat=True).first())
+        attempt = (Job.objects.select_for_update(no_key=True)
+                   .filter(pk=job.pk, status=Job.Status.QUEUED)
+                   .values_list("attempt", flat=True).first())
+        if attempt is None:
+            return None  # another copy claimed it, or it ended
+        if build_status != Build.Status.RUNNING:
+            if build_status in Build.ENDED:
+                transition(job, Job.Status.CANCELLED, finished_at=timezone.now(),
+                           message="its build had already ended")
+            return None
+        node = allocate_node(job.build)
+        if node is None:
+            _say_waiting(job)
+            return None
+        Build.objects.filter(pk=job.build_id, message=WAITING_FOR_NODE).update(message="")
+        job.attempt, now = attempt, timezone.now()
+        if not transition(job, Job.Status.RUNNING, started_at=now, heartbeat_at=now,
+                          message=f"deploying to {node.name}"):
+            transaction.set_rollback(True)  # cannot happen under the lock; hold nothing
+            return None
+    return node
+
+
+def _say_waiting(job):
+    """The job, its build (shown on the radiator's row) and an Event say why it waits."""
+    with transaction.atomic():
+        if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
+                message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
+            Build.objects.filter(pk=job.build_id, message="").update(message=WAITING_FOR_NODE)
+            record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
+
+
+def _end(job, status, **fields):
+    """Only the attempt this copy claimed: a copy the reaper gave up on ends nothing."""
+    return transition(job, status, where={"attempt": job.attempt}, finished_at=timezone.now(),
+                      **fields)
+
+
+def _store_outcome(job, node, deployment):
+    if deployment.status != Deployment.Status.SUCCEEDED:
+        _end(job, Job.Status.FAILED,
+             message=f"deploy to {node.name} failed: {deployment.message}"[:2000])
+        return
+    with transaction.atomic():
+        if _end(job, Job.Status.PASSED, message=f"deployed to {node.name}: {node.url}"):
+            Build.objects.filter(pk=job.build_id).update(deploy_url=node.url)
+            job.build.deploy_url = node.url
+
+
+def recover_interrupted_deploy(job, reason):
+    """The worker deploying `job` stopped (its heartbeat went silent): end the build's
+    running Deployment record, free the node the build holds, say so, and check the node's
+    health (unreachable: it leaves the pool) once this commits.
+
+    Safe to call twice, and inside the caller's transaction (the health check, remote work,
+    waits for the commit). `current` on the node needs no repair: by the protocol's
+    guarantees it is the release that was live before (killed before the switch) or the
+    new one, complete (killed after it). The next deploy inspects it and restarts that
+    release or deploys again, clearing a half-made release folder first.
+    """
+    message = f"interrupted: {reason}"
+    touched = set()
+    with transaction.atomic():
+        for deployment in Deployment.objects.active().filter(build=job.build_id):
+            if transition(deployment, Deployment.Status.FAILED, finished_at=timezone.now(),
+                          message=message):
+                touched.add(deployment.node_id)
+        for node in Node.objects.select_for_update().filter(held_by=job.build_id):
+            Node.objects.filter(pk=node.pk).update(held_by=None)
+            record_event("node.released", subject=node, data={"build": job.build_id},
+                         message=f"{node.name} is free again: the deploy of build "
+                                 f"#{job.build_id} was {message}")
+            touched.add(node.pk)
+        if touched:
+            transaction.on_commit(lambda: _check_nodes(touched), robust=True)
+
+
+def _check_nodes(node_ids):
+    for node in Node.objects.filter(pk__in=node_ids):
+        _after_failure(node)
 
 
 def archive_for(build):
-    """The release archive of the build's SHA, made once from the repository's mirror."""
-    from pipeline.services.git import mirror_path
+    """The release archive of the build's SHA, made once per host from this host's mirror
+    (fetched first if it does not have the SHA yet: any worker host may deploy)."""
+    from pipeline.services.git import ensure_commit
 
     folder = Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "archives" / build.repository.name
     path = folder / f"{build.sha}.tar.gz"
     if path.exists():
         return path, protocol.file_sha256(path)
-    return protocol.make_archive(mirror_path(build.repository), build.sha, folder)
+    return protocol.make_archive(ensure_commit(build.repository, build.sha), build.sha, folder)
 
 
 def step_environment(node, build):

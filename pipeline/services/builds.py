@@ -1,13 +1,12 @@
 """Builds: request one for a branch, start it, and end it when its jobs are done."""
 
 import logging
-import shutil
-from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from kombu.exceptions import OperationalError
 
 from pipeline.models import Build, Commit, Job
 from pipeline.services import git
@@ -16,10 +15,17 @@ from pipeline.spec import SpecError, parse_spec
 from pipeline.statemachine import transition
 
 logger = logging.getLogger(__name__)
+# What publishing a task raises when the broker is away (kombu wraps redis-py's errors).
+BROKER_ERRORS = (OperationalError, ConnectionError, OSError)
 
 
 class BuildRequestError(ValueError):
     """The request cannot become a build; the message says why, for the person asking."""
+
+
+class QueueUnavailable(BuildRequestError):
+    """The task broker did not take the build: nothing is left half-made (the build ended
+    in error saying so), and the request can be tried again."""
 
 
 def record_commit(repository, sha):
@@ -73,11 +79,21 @@ def request_build(repository, branch, *, user=None, via="web"):
             who = user.get_username() if user and user.pk else "someone"
             record_event("build.requested", subject=build, new=Build.Status.QUEUED, actor=user,
                          message=f"{who} asked to build {branch} at {sha[:10]}")
-            transaction.on_commit(lambda: _enqueue_build(build.pk))
+            transaction.on_commit(lambda: _enqueue_new_build(build))
     except IntegrityError:
         # Another request for this SHA won the race: share its build.
         return existing.get(), False
     return build, True
+
+
+def _enqueue_new_build(build):
+    try:
+        _enqueue_build(build.pk)
+    except BROKER_ERRORS as exc:
+        logger.warning("could not queue build #%s: %r", build.pk, exc)
+        end_build(build, Build.Status.ERROR, "could not be queued: the task broker is unreachable")
+        raise QueueUnavailable("the task broker is unreachable: nothing was queued; try again "
+                               "in a moment") from exc
 
 
 def _enqueue_build(build_id):
@@ -93,20 +109,34 @@ def _enqueue_jobs(job_ids):
         run_job.delay(job_id)
 
 
-def workspace_for(build):
-    return Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "builds" / str(build.pk)
+def enqueue_jobs(job_ids):
+    """Send a task per job and note when. A broker that is away loses nothing: the reaper
+    sends tasks again for jobs queued longer than a minute."""
+    job_ids = list(job_ids)
+    if not job_ids:
+        return
+    Job.objects.filter(pk__in=job_ids).update(enqueued_at=timezone.now())
+    try:
+        _enqueue_jobs(job_ids)
+    except BROKER_ERRORS:
+        logger.warning("could not queue jobs %s; the reaper will", job_ids, exc_info=True)
 
 
 def start_build(build_id):
-    """Claim a queued build, read its spec, check it out and queue one job per check."""
+    """Claim a queued build, read its spec on this host and queue one job per check. Each
+    job makes its own checkout wherever it runs (nothing here is left on this host)."""
     build = Build.objects.select_related("repository").filter(pk=build_id).first()
     if build is None or not transition(build, Build.Status.RUNNING, started_at=timezone.now()):
         return None
     try:
         spec = _read_spec(build)
-        git.checkout(build.repository, build.sha, workspace_for(build))
     except (SpecError, git.GitError, git.InvalidRef) as exc:
         end_build(build, Build.Status.ERROR, str(exc))
+        return build
+    except Exception as exc:
+        # Whatever happens, the build ends: a build left running would refuse every retry.
+        logger.exception("build #%s crashed while starting", build.pk)
+        end_build(build, Build.Status.ERROR, f"Trainyard failed while starting this build: {exc!r}")
         return build
     with transaction.atomic():
         Build.objects.filter(pk=build.pk).update(spec=spec.to_dict())
@@ -137,7 +167,7 @@ def _queue_stage(build, stage, spec):
                                junit_path=junit, timeout=timeout)
             for name, argv, junit, timeout in _stage_jobs(build, stage, spec)]
     job_ids = [job.pk for job in jobs]
-    transaction.on_commit(lambda: _enqueue_jobs(job_ids))
+    transaction.on_commit(lambda: enqueue_jobs(job_ids))
 
 
 def _next_stage(build, done, spec):
@@ -155,6 +185,7 @@ def _next_stage(build, done, spec):
 
 def _read_spec(build):
     path = build.repository.spec_path
+    git.ensure_commit(build.repository, build.sha)  # this host's mirror may be behind
     text = git.read_file(build.repository, build.sha, path)
     if text is None:
         raise SpecError(f"there is no {path} at {build.sha[:10]}")
@@ -206,7 +237,6 @@ def end_build(build, outcome, message):
         ended = transition(build, outcome, finished_at=timezone.now(), message=message)
         if ended:
             release_node(build)
-            transaction.on_commit(prune_workspaces)
             transaction.on_commit(dispatch_waiting_deploys)
     return ended
 
@@ -216,17 +246,4 @@ def dispatch_waiting_deploys():
     waiting = (Job.objects.filter(stage=Stage.DEPLOY, status=Job.Status.QUEUED,
                                   build__status=Build.Status.RUNNING)
                .order_by("build_id").values_list("pk", flat=True))
-    _enqueue_jobs(list(waiting))
-
-
-def prune_workspaces():
-    """Keep the workspaces of active builds and of the most recent ended ones."""
-    keep = settings.TRAINYARD["KEEP_WORKSPACES"]
-    root = Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "builds"
-    if not root.exists():
-        return
-    keep_ids = set(Build.objects.active().values_list("pk", flat=True))
-    keep_ids |= set(Build.objects.ended().values_list("pk", flat=True)[:keep])
-    for path in root.iterdir():
-        if path.name.isdigit() and int(path.name) not in keep_ids:
-            shutil.rmtree(path, ignore_errors=True)
+    enqueue_jobs(waiting)

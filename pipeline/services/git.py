@@ -1,23 +1,62 @@
-"""Git through its CLI with argument lists: one cached mirror per repository, a clean
-checkout per build. Branch names are validated before they reach git at all."""
+"""Git through its CLI with argument lists: one cached mirror per repository and host, a
+clean checkout per build or job. Branch names are validated before they reach git at all.
+
+Time. Every call has a deadline that fits its caller: a web request (resolve_branch:
+GIT_REQUEST_TIMEOUT), the sync beat (GIT_SYNC_TIMEOUT) or a worker (everything else:
+GIT_TIMEOUT). The deadline covers the wait for the mirror's lock as well as git itself; a
+git that outlives it is stopped with its children (its whole process group), and git's
+low-speed limit ends a transfer that stalls before that. The lock is a flock on
+`<mirror>.lock`, held by whoever fetches or clones; a caller that cannot get it in time
+gets MirrorBusy ("another fetch of <repo> is running; try again"), and the sync does not
+wait for it at all.
+
+Hosts. Mirrors live under WORKSPACE_DIR, which belongs to one host. Nothing assumes that
+another host fetched: ensure_commit() clones or fetches this host's mirror when it lacks a
+SHA, and read_file, commit_info and checkout call it first.
+
+Trust. A check sees the mirror's objects folder (objects_path(), bound read-only by the
+sandbox) and nothing else of it. Fetches still assume the rest could have been tampered
+with: the URL comes from the database, the mirror's config is cut back to the settings
+`clone --mirror` writes, hooks are off, and only known transports may run. A checkout
+shares nothing with its mirror but that objects folder (its alternates file). Messages
+never show the credentials of a clone URL.
+"""
 
 import fcntl
+import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
+
 SHA = re.compile(r"^[0-9a-f]{40}$")
 # git check-ref-format's rules, plus: no leading '-' (it would read as an option).
 _BAD_REF = re.compile(r"(^[-./])|(\.\.)|(@\{)|([\x00-\x20\x7f~^:?*\[\\])|(//)|(/\.)|(\.lock(/|$))|([./]$)")
 MAX_REF_LENGTH = 200
+_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+# What `clone --mirror` writes; anything else in a mirror's config was put there later.
+_MIRROR_SETTINGS = re.compile(
+    r"core\.(repositoryformatversion|filemode|bare|ignorecase|precomposeunicode|symlinks"
+    r"|logallrefupdates)|extensions\.objectformat|remote\.origin\.(url|fetch|mirror)"
+)
+_TRANSPORTS = ("file", "git", "http", "https", "ssh")
+STOP_GRACE = 5  # seconds between SIGTERM (git removes its lock files) and SIGKILL
 
 
 class GitError(Exception):
     pass
+
+
+class MirrorBusy(GitError):
+    """Another fetch holds the mirror's lock: try again later."""
 
 
 class InvalidRef(ValueError):
@@ -41,6 +80,11 @@ def validate_sha(sha):
     return sha
 
 
+def redact(text):
+    """`text` with the credentials of every URL in it hidden: //user:token@ -> //***@."""
+    return _CREDENTIALS.sub("//***@", text)
+
+
 def _git_env():
     # No prompts, no user or system config: the same behaviour on every machine.
     return {
@@ -53,85 +97,240 @@ def _git_env():
     }
 
 
-def run_git(args, *, cwd=None, timeout=None, check=True):
-    argv = ["git", "-c", "protocol.ext.allow=never", *args]
+def _network_options(timeout):
+    """`-c` options for a clone or fetch: its time limits, and nothing the mirror's own
+    config or hooks could make it run."""
+    seconds = max(1, int(timeout))
+    pairs = [
+        "protocol.allow=never", *(f"protocol.{name}.allow=always" for name in _TRANSPORTS),
+        "core.hooksPath=/dev/null", "credential.helper=",
+        "http.lowSpeedLimit=1000", f"http.lowSpeedTime={seconds}",
+        f"core.sshCommand=ssh -o BatchMode=yes -o ConnectTimeout={seconds}",
+    ]
+    return [arg for pair in pairs for arg in ("-c", pair)]
+
+
+def run_git(args, *, cwd=None, timeout=None, check=True, options=()):
+    """Run git; after `timeout` seconds (GIT_TIMEOUT by default) stop it and everything it
+    started, and raise GitError. `options` go before the command (`-c name=value`)."""
+    timeout = timeout or settings.TRAINYARD["GIT_TIMEOUT"]
+    argv = ["git", "-c", "protocol.ext.allow=never", *options, *args]
+    proc = subprocess.Popen(argv, cwd=cwd, env=_git_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=_git_env(),
-            capture_output=True,
-            timeout=timeout or settings.TRAINYARD["GIT_TIMEOUT"],
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise GitError(f"git {args[0]} timed out") from exc
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise GitError(f"git {args[0]} timed out after {timeout:.0f} s") from None
+    except BaseException:
+        _stop(proc)
+        raise
     if check and proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").strip()
-        raise GitError(f"git {args[0]} failed: {stderr or proc.returncode}")
-    return proc
+        message = stderr.decode("utf-8", "replace").strip() or proc.returncode
+        raise GitError(redact(f"git {args[0]} failed: {message}"))
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def _stop(proc):
+    """Stop git and its helpers (remote-http, ssh, upload-pack): the process group."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.communicate(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def mirror_path(repository):
     return Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "mirrors" / f"{repository.name}.git"
 
 
+def objects_path(repository):
+    """The only part of the mirror a check may see (read-only, at this same path): the
+    object store its checkout's alternates file points into."""
+    return mirror_path(repository).absolute() / "objects"
+
+
 @contextmanager
-def _locked(path):
-    """Serialise fetches into one mirror across threads and processes."""
+def lock_file(path, *, wait):
+    """An exclusive flock on `path` for the block, across threads and processes.
+
+    Waits up to `wait` seconds for it (0: not at all). Yields True once held, or False,
+    holding nothing, when another holder still has it then.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a") as handle:
+        if not _acquire(handle, time.monotonic() + wait):
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def update_mirror(repository):
-    """Clone the repository's mirror once, fetch it afterwards. Returns its path."""
+def _acquire(handle, deadline):
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def update_mirror(repository, *, timeout=None, wait=True):
+    """Clone this host's mirror of the repository, or fetch it if there is one; its path.
+
+    The whole call, the wait for the mirror's lock included, takes at most `timeout`
+    seconds (GIT_TIMEOUT by default). With wait=False a busy mirror raises MirrorBusy at
+    once. A clone that fails leaves no mirror behind, so the next call starts afresh.
+    """
+    return _refresh(repository, timeout or settings.TRAINYARD["GIT_TIMEOUT"], wait=wait)
+
+
+def _refresh(repository, timeout, *, wait, unless_has=None):
+    deadline = time.monotonic() + timeout
     path = mirror_path(repository)
-    with _locked(path):
+    with lock_file(f"{path}.lock", wait=timeout if wait else 0) as held:
+        if not held:
+            raise MirrorBusy(f"another fetch of {repository.name} is running; try again")
+        if unless_has and _has_commit(path, unless_has):
+            return path  # whoever held the lock just fetched it
         if (path / "HEAD").exists():
-            run_git(["fetch", "--prune", "--quiet", "origin"], cwd=path)
+            _fetch(repository, path, deadline)
         else:
-            run_git(["clone", "--mirror", "--quiet", "--", repository.clone_url, str(path)])
+            _clone(repository, path, deadline)
     return path
 
 
-def resolve_branch(repository, branch):
-    """The head SHA of `branch`, fetched fresh. Raises InvalidRef if there is no such branch."""
+def _left(deadline, what):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise GitError(f"git {what} timed out: the time was spent waiting for the mirror")
+    return left
+
+
+def _fetch(repository, path, deadline):
+    _scrub_config(repository, path)
+    left = _left(deadline, "fetch")
+    # The URL of today, not the mirror's remote: its config is not trusted for commands.
+    run_git(["fetch", "--prune", "--quiet", "--upload-pack=git-upload-pack", "--",
+             repository.clone_url, "+refs/*:refs/*"],
+            cwd=path, timeout=left, options=_network_options(left))
+
+
+def _clone(repository, path, deadline):
+    # Made next to its place and moved there whole: a reader never sees half a mirror.
+    partial = path.with_name(f"{path.name}.partial")
+    for leftover in (partial, path):  # a clone killed before this code cleaned up after it
+        shutil.rmtree(leftover, ignore_errors=True)
+    left = _left(deadline, "clone")
+    try:
+        run_git(["clone", "--mirror", "--quiet", "--upload-pack=git-upload-pack", "--",
+                 repository.clone_url, str(partial)],
+                timeout=left, options=_network_options(left))
+    except GitError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.replace(partial, path)
+
+
+def _scrub_config(repository, path):
+    """Cut the mirror's config back to what `clone --mirror` wrote (reading a config file
+    with --file runs nothing and follows no include)."""
+    config = str(path / "config")
+    listed = run_git(["config", "--file", config, "--no-includes", "--null", "--list"], cwd=path)
+    names = {entry.split(b"\n", 1)[0].decode("utf-8", "replace")
+             for entry in listed.stdout.split(b"\0") if entry}
+    unexpected = sorted(name for name in names if not _MIRROR_SETTINGS.fullmatch(name))
+    for name in unexpected:
+        run_git(["config", "--file", config, "--unset-all", name], cwd=path)
+    if unexpected:
+        logger.warning("removed settings nobody should have put in the mirror of %s: %s",
+                       repository.name, ", ".join(unexpected))
+
+
+def _has_commit(path, sha, timeout=None):
+    if not (path / "HEAD").exists():
+        return False
+    return run_git(["cat-file", "-e", f"{sha}^{{commit}}"], cwd=path, timeout=timeout,
+                   check=False).returncode == 0
+
+
+def ensure_commit(repository, sha, *, timeout=None):
+    """This host's mirror path, once commit `sha` is in it.
+
+    When the SHA is there already this is one git process and no fetch. Otherwise the
+    mirror is cloned or fetched (within `timeout`, GIT_TIMEOUT by default; MirrorBusy if
+    another fetch holds it all that time), and GitError names the SHA if it is still not
+    there: the branch that had it was force-pushed or deleted.
+    """
+    validate_sha(sha)
+    path = mirror_path(repository)
+    if _has_commit(path, sha, timeout):
+        return path
+    _refresh(repository, timeout or settings.TRAINYARD["GIT_TIMEOUT"], wait=True,
+             unless_has=sha)
+    if not _has_commit(path, sha, timeout):
+        raise GitError(f"commit {sha} is not in {repository.name}, even after a fetch: "
+                       "was it force-pushed away?")
+    return path
+
+
+def resolve_branch(repository, branch, *, timeout=None):
+    """The head SHA of `branch`, fetched fresh. Raises InvalidRef if there is no such branch.
+
+    Meant for web requests: it takes at most `timeout` seconds (GIT_REQUEST_TIMEOUT by
+    default), the wait for a busy mirror included, then raises GitError (MirrorBusy).
+    """
     validate_branch(branch)
-    update_mirror(repository)
+    update_mirror(repository, timeout=timeout or settings.TRAINYARD["GIT_REQUEST_TIMEOUT"])
     return resolve_branch_cached(repository, branch)
 
 
-def read_file(repository, sha, relpath):
-    """The bytes of `relpath` at `sha`, or None when the file is not there."""
-    validate_sha(sha)
-    proc = run_git(["cat-file", "blob", f"{sha}:{relpath}"], cwd=mirror_path(repository),
-                   check=False)
+def read_file(repository, sha, relpath, *, timeout=None):
+    """The bytes of `relpath` at `sha`, or None when the file is not there. Fetches this
+    host's mirror first if it lacks `sha` (see ensure_commit)."""
+    path = ensure_commit(repository, sha, timeout=timeout)
+    proc = run_git(["cat-file", "blob", f"{sha}:{relpath}"], cwd=path, check=False)
     return proc.stdout if proc.returncode == 0 else None
 
 
-def commit_info(repository, sha):
-    validate_sha(sha)
-    proc = run_git(
-        ["log", "-1", "--format=%an%x00%ae%x00%cI%x00%B", sha, "--"], cwd=mirror_path(repository)
-    )
+def commit_info(repository, sha, *, timeout=None):
+    """Author, date and message of `sha` (fetched first if this host lacks it)."""
+    path = ensure_commit(repository, sha, timeout=timeout)
+    proc = run_git(["log", "-1", "--format=%an%x00%ae%x00%cI%x00%B", sha, "--"], cwd=path)
     name, email, date, message = proc.stdout.decode("utf-8", "replace").split("\x00", 3)
     return {"author_name": name, "author_email": email, "committed_at": date,
             "message": message.strip()}
 
 
-def checkout(repository, sha, dest):
-    """A clean working tree of `sha` at `dest` (shares objects with the mirror)."""
-    validate_sha(sha)
+def checkout(repository, sha, dest, *, timeout=None):
+    """A clean working tree of `sha` at `dest`, which must not exist yet or be empty.
+
+    Fetches this host's mirror first if it lacks `sha`. The checkout is an empty
+    repository whose alternates file points into objects_path() and nothing else: no
+    config, no refs and no upload-pack run of the mirror's (which `clone --shared` would
+    bring), and no copy of its objects. HEAD is detached at `sha`; there are no branches.
+    """
+    ensure_commit(repository, sha, timeout=timeout)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    run_git(["clone", "--shared", "--no-checkout", "--quiet", "--", str(mirror_path(repository)),
-             str(dest)])
-    run_git(["checkout", "--quiet", "--detach", sha], cwd=dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise GitError(f"cannot check out into {dest}: it is not empty")
+    run_git(["init", "--quiet", "--template=", "--", str(dest)])
+    info = dest / ".git" / "objects" / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "alternates").write_text(f"{objects_path(repository)}\n")
+    run_git(["checkout", "--quiet", "--detach", sha], cwd=dest,
+            options=["-c", "advice.detachedHead=false"])
     return dest
 
 

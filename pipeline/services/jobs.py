@@ -1,9 +1,13 @@
-"""Run one job of a build: a command in the build's checkout, output stored as it comes."""
+"""Run one job of a build: claim it within the limits, make its own checkout, run its
+setup and command in a sandbox, store output as it comes, move the build on.
+
+Running a job task twice is harmless: the claim is a status transition (one copy wins),
+and every later transition is guarded by the job's attempt number, so a copy the reaper
+gave up on cannot end the attempt that replaced it.
+"""
 
 import logging
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -11,39 +15,23 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from nodes.transports import LocalTransport, TransportError
-from pipeline.models import Job, LogChunk, TestResult
-from pipeline.services.builds import finish_build_if_done, workspace_for
+from nodes.transports import TransportError
+from pipeline import sandbox
+from pipeline.models import Build, Job, Repository, TestResult
+from pipeline.services import git
+from pipeline.services.builds import enqueue_jobs, finish_build_if_done
+from pipeline.services.heartbeat import Heartbeat
 from pipeline.services.junit import ReportError, parse_junit
+from pipeline.services.logs import LogWriter
+from pipeline.services.runner import JobWorkspace, job_context, run_command, run_setup
+from pipeline.spec import Spec
 from pipeline.statemachine import transition
 
+__all__ = ["LogWriter", "run_job", "expand_variables", "dispatch_waiting_jobs"]
+
 logger = logging.getLogger(__name__)
-FLUSH_SECONDS = 0.25
-FLUSH_BYTES = 64 * 1024
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-def check_environment(job, workspace, extra=None):
-    """The whole environment a check sees: built from scratch, so none of Trainyard's
-    own secrets (SECRET_KEY, DATABASE_URL, tokens...) can leak into it."""
-    build = job.build
-    home = Path(workspace) / ".trainyard-home"
-    home.mkdir(exist_ok=True)
-    tool_dir = str(Path(sys.executable).parent)
-    env = {
-        "PATH": os.pathsep.join([tool_dir, "/usr/local/bin", "/usr/bin", "/bin"]),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "CI": "true",
-        "TRAINYARD": "1",
-        "TRAINYARD_BUILD_ID": str(build.pk),
-        "TRAINYARD_JOB": job.name,
-        "TRAINYARD_SHA": build.sha,
-        "TRAINYARD_BRANCH": build.branch,
-        "TRAINYARD_REPOSITORY": build.repository.name,
-    }
-    env.update(extra or {})
-    return env
+WAITING_PREFIX = "waiting: "
 
 
 def expand_variables(argv, env):
@@ -52,52 +40,68 @@ def expand_variables(argv, env):
     return [_VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), ""), arg) for arg in argv]
 
 
-class LogWriter:
-    """Buffers output and stores it in ordered chunks a few times a second."""
-
-    def __init__(self, job):
-        self.job = job
-        self.seq = LogChunk.objects.filter(job=job).count()
-        self.buffer = []
-        self.size = 0
-        self.flushed_at = time.monotonic()
-
-    def write(self, text):
-        self.buffer.append(text)
-        self.size += len(text)
-        if self.size >= FLUSH_BYTES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self.flush()
-
-    def tick(self):
-        if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self):
-        self.flushed_at = time.monotonic()
-        if not self.buffer:
-            return
-        LogChunk.objects.create(job=self.job, seq=self.seq, text="".join(self.buffer))
-        Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
-        self.seq += 1
-        self.buffer, self.size = [], 0
-
-
-WAITING_FOR_NODE = "waiting for a branch node"
-
-
 def run_job(job_id):
     """Claim a queued job, run it, store the outcome, move the build on."""
     job = Job.objects.select_related("build__repository").filter(pk=job_id).first()
     if job is None:
         return None
     if job.stage == "deploy":
-        return _guarded(job, run_deploy_job)
-    if not transition(job, Job.Status.RUNNING, started_at=timezone.now()):
+        from nodes.services.deploys import run_deploy_job
+
+        return run_deploy_job(job)  # it claims, runs and ends the job itself
+    if not claim_job(job):
         return None
     extra = {"TARGET_URL": job.build.deploy_url} if job.stage == "smoke" else None
-    _guarded(job, _run_command_job, extra)
+    with Heartbeat(job.pk):
+        _guarded(job, _run_command_job, extra)
     finish_build_if_done(job.build_id)
+    dispatch_waiting_jobs(job.build.repository_id)
     return job
+
+
+def claim_job(job):
+    """QUEUED -> RUNNING, unless the build or its repository already runs as many jobs as
+    the limits allow: then the job stays queued, says why, and is dispatched again when a
+    job of that repository ends. Claims of one repository are serialised on its row."""
+    limits = settings.TRAINYARD
+    with transaction.atomic():
+        list(Repository.objects.select_for_update().filter(pk=job.build.repository_id)
+             .values_list("pk", flat=True))
+        if not Build.objects.filter(pk=job.build_id, status=Build.Status.RUNNING).exists():
+            return transition(job, Job.Status.CANCELLED, finished_at=timezone.now(),
+                              message="its build had already ended") and False
+        running = (Job.objects.filter(status=Job.Status.RUNNING,
+                                      build__repository_id=job.build.repository_id)
+                   .exclude(stage="deploy"))
+        reason = ""
+        if running.filter(build_id=job.build_id).count() >= limits["JOBS_PER_BUILD"]:
+            reason = (f"{limits['JOBS_PER_BUILD']} jobs of this build are running "
+                      "(TRAINYARD_JOBS_PER_BUILD)")
+        elif running.count() >= limits["JOBS_PER_REPOSITORY"]:
+            reason = (f"{limits['JOBS_PER_REPOSITORY']} jobs of {job.build.repository.name} are "
+                      "running (TRAINYARD_JOBS_PER_REPOSITORY)")
+        if reason:
+            Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+                message=WAITING_PREFIX + reason)
+            return False
+        now = timezone.now()
+        return transition(job, Job.Status.RUNNING, started_at=now, heartbeat_at=now, message="")
+
+
+def dispatch_waiting_jobs(repository_id):
+    """Queue again the oldest jobs that waited for a free slot in this repository."""
+    limit = settings.TRAINYARD["JOBS_PER_REPOSITORY"]
+    running = (Job.objects.filter(status=Job.Status.RUNNING, build__repository_id=repository_id)
+               .exclude(stage="deploy").count())
+    if running >= limit:
+        return 0
+    waiting = list(Job.objects.filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
+                                      build__status=Build.Status.RUNNING,
+                                      message__startswith=WAITING_PREFIX)
+                   .exclude(stage="deploy").order_by("build_id", "id")
+                   .values_list("pk", flat=True)[: limit - running])
+    enqueue_jobs(waiting)
+    return len(waiting)
 
 
 def _guarded(job, work, *args):
@@ -106,97 +110,75 @@ def _guarded(job, work, *args):
         return work(job, *args)
     except Exception as exc:
         logger.exception("job %s crashed", job.pk)
-        transition(job, Job.Status.ERROR, finished_at=timezone.now(),
+        transition(job, Job.Status.ERROR, where={"attempt": job.attempt},
+                   finished_at=timezone.now(),
                    message=f"Trainyard failed while running this job: {exc!r}"[:2000])
         finish_build_if_done(job.build_id)
         return job
 
 
-def run_deploy_job(job):
-    """Hold a branch node (or wait for one), then deploy the build's SHA to it."""
-    from nodes.services.allocation import allocate_node
-    from nodes.services.deploys import deploy_build
-
-    build = job.build
-    node = allocate_node(build)
-    if node is None:
-        _say_waiting(job)
-        return None
-    from pipeline.models import Build
-
-    Build.objects.filter(pk=build.pk, message=WAITING_FOR_NODE).update(message="")
-    if not transition(job, Job.Status.RUNNING, started_at=timezone.now(),
-                      message=f"deploying to {node.name}"):
-        return None
-    log = LogWriter(job)
-    deployment = deploy_build(build, node, build.spec["deploy"], log=log.write, on_tick=log.tick)
-    log.flush()
-    if deployment.status == deployment.Status.SUCCEEDED:
-        from pipeline.models import Build
-
-        Build.objects.filter(pk=build.pk).update(deploy_url=node.url)
-        build.deploy_url = node.url
-        transition(job, Job.Status.PASSED, finished_at=timezone.now(),
-                   message=f"deployed to {node.name}: {node.url}")
-    else:
-        transition(job, Job.Status.FAILED, finished_at=timezone.now(),
-                   message=f"deploy to {node.name} failed: {deployment.message}")
-    finish_build_if_done(build.pk)
-    return job
-
-
-def _say_waiting(job):
-    """The job, its build (shown on the radiator's row) and an Event say why it waits."""
-    from pipeline.models import Build
-    from pipeline.services.events import record_event
-
-    with transaction.atomic():
-        if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
-                message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
-            Build.objects.filter(pk=job.build_id, message="").update(message=WAITING_FOR_NODE)
-            record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
+def _end(job, status, **fields):
+    return transition(job, status, where={"attempt": job.attempt}, finished_at=timezone.now(),
+                      **fields)
 
 
 def _run_command_job(job, extra_env=None):
-    workspace = workspace_for(job.build)
+    spec = Spec.from_dict(job.build.spec)
+    workspace = JobWorkspace.for_job(job)
     log = LogWriter(job)
     try:
-        env = check_environment(job, workspace, extra_env)
-        argv = expand_variables(job.command, env)
-        log.write(f"$ {job.command_display}\n")
-        result = LocalTransport().run(
-            argv, cwd=workspace, env=env, timeout=job.timeout, on_output=log.write,
-            output_cap=settings.TRAINYARD["OUTPUT_CAP_BYTES"], on_tick=log.tick,
-        )
-    except (TransportError, OSError) as exc:
+        mode = sandbox.mode()
+        workspace.create(job.build.repository, job.build.sha)
+        ctx = job_context(job, spec, workspace, mode, extra_env)
+        log = LogWriter(job, ctx.secrets)
+        _run_in_context(job, spec, ctx, log)
+    except (sandbox.SandboxUnavailable, TransportError, git.GitError, OSError) as exc:
         log.write(f"\n[trainyard: {exc}]\n")
         log.flush()
-        transition(job, Job.Status.ERROR, finished_at=timezone.now(), message=str(exc))
-    else:
-        log.write(f"\n[trainyard: {result.describe(job.timeout)} after {result.duration:.1f}s]\n")
+        _end(job, Job.Status.ERROR, message=str(exc)[:2000])
+    finally:
+        workspace.remove()
+
+
+def _run_in_context(job, spec, ctx, log):
+    deadline = time.monotonic() + job.timeout
+    if warning := sandbox.warning(ctx.mode):
+        log.write(f"[trainyard: {warning}]\n")
+    if job.attempt > 1:
+        log.write(f"[trainyard: attempt {job.attempt}: the worker of the last one stopped]\n")
+    failure = run_setup(ctx, spec, deadline=deadline, log=log)
+    if failure:
+        log.write(f"\n[trainyard: {failure}]\n")
         log.flush()
-        _store_outcome(job, result, workspace)
+        _end(job, Job.Status.FAILED, message=failure[:2000])
+        return
+    log.write(f"$ {job.command_display}\n")
+    result, message = run_command(ctx, job.command, timeout=deadline - time.monotonic(), log=log)
+    log.write(f"\n[trainyard: {message} after {result.duration:.1f}s]\n")
+    log.flush()
+    _store_outcome(job, result, ctx.workspace.src, message)
 
 
-def _store_outcome(job, result, workspace):
-    message = result.describe(job.timeout)
+def _store_outcome(job, result, workspace, message):
     with transaction.atomic():
         if job.junit_path:
-            message += _store_test_results(job, Path(workspace) / job.junit_path)
-        transition(
-            job, Job.Status.PASSED if result.ok else Job.Status.FAILED,
-            finished_at=timezone.now(), exit_code=result.exit_code, message=message,
-            output_bytes=result.output_bytes, output_truncated=result.truncated,
-        )
+            message += _store_test_results(job, Path(workspace))
+        _end(job, Job.Status.PASSED if result.ok else Job.Status.FAILED,
+             exit_code=result.exit_code, message=message, output_bytes=result.output_bytes,
+             output_truncated=result.truncated)
 
 
-def _store_test_results(job, path):
-    if not path.is_file():
+def _store_test_results(job, workspace):
+    path = workspace / job.junit_path
+    # The report comes from the checked code: a symlink must not make Trainyard read (and
+    # show) a file of its own from outside the workspace.
+    if not path.resolve().is_relative_to(workspace.resolve()) or not path.is_file():
         return f"; no JUnit report at {job.junit_path}"
     try:
         rows = parse_junit(path)
     except ReportError as exc:
         return f"; {exc}"
+    TestResult.objects.filter(job=job).delete()  # an earlier attempt's, if any
     TestResult.objects.bulk_create(TestResult(job=job, **row) for row in rows)
     failed = sum(1 for row in rows if row["outcome"] in ("failed", "error"))
     return f"; {len(rows)} tests, {failed} failed"

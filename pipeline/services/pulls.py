@@ -3,12 +3,20 @@
 (GitHub pull requests arrive through webhooks in a later issue and use the same rows.)
 """
 
+import logging
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from pipeline.models import PullRequest
 from pipeline.services import git
 from pipeline.services.events import record_event
+
+logger = logging.getLogger(__name__)
+SYNC_FETCHES = 4  # mirrors one sync fetches at once
 
 
 class PullRequestError(ValueError):
@@ -61,9 +69,17 @@ def record_push(repository, branch, sha):
         head_sha=sha)
 
 
-def sync_pull_requests(repository):
-    """Poll the local repository: follow pushes, close pull requests whose branch is gone."""
-    git.update_mirror(repository)
+def sync_pull_requests(repository, *, timeout=None, wait=True):
+    """Poll the local repository: follow pushes, close pull requests whose branch is gone.
+
+    Raises git.GitError when the fetch fails or takes longer than `timeout`, and
+    git.MirrorBusy at once, with wait=False, when another fetch holds the mirror.
+    """
+    git.update_mirror(repository, timeout=timeout, wait=wait)
+    _follow_branches(repository)
+
+
+def _follow_branches(repository):
     for pr in PullRequest.objects.filter(repository=repository, state=PullRequest.State.OPEN):
         try:
             head = git.resolve_branch_cached(repository, pr.branch)
@@ -74,13 +90,42 @@ def sync_pull_requests(repository):
 
 
 def sync_local_repositories():
-    """The beat task's work: every local repository, one failure not stopping the rest."""
-    import logging
+    """The beat task's work: every local repository, one failure not stopping the rest.
 
+    Never waits. A sync that overlaps the last one returns None at once (the sync.lock of
+    this host's workspace); a repository whose mirror another fetch holds is skipped until
+    the next tick; each fetch stops after GIT_SYNC_TIMEOUT, and SYNC_FETCHES of them run at
+    once, so stalled remotes hold up neither the healthy ones nor the next tick for long.
+    Returns the names that were {"synced", "skipped", "failed"}.
+    """
     from pipeline.models import Repository
 
-    for repository in Repository.objects.filter(provider=Repository.Provider.LOCAL):
-        try:
-            sync_pull_requests(repository)
-        except git.GitError:
-            logging.getLogger(__name__).exception("could not sync %s", repository.name)
+    lock = Path(settings.TRAINYARD["WORKSPACE_DIR"]) / "sync.lock"
+    with git.lock_file(lock, wait=0) as held:
+        if not held:
+            logger.info("the last sync of pull requests is still running: not starting another")
+            return None
+        return _sync_all(list(Repository.objects.filter(provider=Repository.Provider.LOCAL)))
+
+
+def _sync_all(repositories):
+    timeout = settings.TRAINYARD["GIT_SYNC_TIMEOUT"]
+    outcome = {"synced": [], "skipped": [], "failed": []}
+    # Only the fetches run in the pool; the database work stays in this thread.
+    with ThreadPoolExecutor(max_workers=SYNC_FETCHES, thread_name_prefix="sync") as pool:
+        fetches = {pool.submit(git.update_mirror, repository, timeout=timeout, wait=False):
+                   repository for repository in repositories}
+        for fetch in as_completed(fetches):
+            name = fetches[fetch].name
+            try:
+                fetch.result()
+                _follow_branches(fetches[fetch])
+            except git.MirrorBusy:
+                logger.info("sync skipped %s: another fetch of its mirror is running", name)
+                outcome["skipped"].append(name)
+            except git.GitError as exc:
+                logger.warning("could not sync %s: %s", name, exc)
+                outcome["failed"].append(name)
+            else:
+                outcome["synced"].append(name)
+    return {key: sorted(names) for key, names in outcome.items()}

@@ -51,8 +51,12 @@ class Command(BaseCommand):
         from pipeline.embedded import start_beat, start_worker
 
         if settings.TRAINYARD["EMBEDDED_WORKER"]:
+            from pipeline.services.reaper import requeue_everything_queued
+
             start_worker(app)
             start_beat(app)
+            # Tasks queued before the last stop lived in this process's memory broker.
+            requeue_everything_queued()
         uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
                     ws="websockets-sansio",
                     lifespan="off")
