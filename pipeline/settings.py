@@ -272,7 +272,6 @@ TRAINYARD = {
     "OUTPUT_CAP_BYTES": env_int("TRAINYARD_OUTPUT_CAP_BYTES", 1024 * 1024),
     "GIT_TIMEOUT": env_int("TRAINYARD_GIT_TIMEOUT", 120),
     "EMBEDDED_WORKER": env_bool("TRAINYARD_EMBEDDED_WORKER", not PRODUCTION),
-    "KEEP_WORKSPACES": env_int("TRAINYARD_KEEP_WORKSPACES", 20),
     # The private key Trainyard logs in to SSH nodes with (its path; never the key itself).
     "SSH_KEY_FILE": env_str("TRAINYARD_SSH_KEY_FILE"),
     "DEPLOY_TIMEOUT": env_int("TRAINYARD_DEPLOY_TIMEOUT", 10 * 60),

@@ -52,10 +52,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def standalone(tmp_path):
+def standalone(tmp_path, setup_cache_dir):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "TRAINYARD_ENV")}
     env["TRAINYARD_VAR_DIR"] = str(tmp_path / "var")
+    # The session's setup cache, as a worker host keeps it: the demo's .venv is built once.
+    env["TRAINYARD_CACHE_DIR"] = str(setup_cache_dir)
     env["TRAINYARD_NODE_FIRST_PORT"] = str(free_port_run(NODE_COUNT))
     port = free_port()
     log = (tmp_path / "server.log").open("w")
@@ -76,7 +78,10 @@ def standalone(tmp_path):
         yield url, env, tmp_path
     finally:
         stop_node_apps(tmp_path / "var")
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it already died: its log is in the failure above
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

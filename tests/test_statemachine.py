@@ -100,3 +100,35 @@ def test_the_reaper_ends_builds_nobody_picked_up():
     reap_stuck_runs()
     build.refresh_from_db()
     assert build.status == "error" and "no worker" in build.message
+
+
+@pytest.mark.django_db
+def test_queued_work_whose_task_was_lost_is_sent_again(monkeypatch):
+    from pipeline.services import builds
+    from pipeline.services.reaper import requeue_everything_queued
+
+    sent_builds, sent_jobs = [], []
+    monkeypatch.setattr(builds, "_enqueue_build", sent_builds.append)
+    monkeypatch.setattr(builds, "_enqueue_jobs", sent_jobs.extend)
+    queued = BuildFactory()
+    lost = JobFactory(build__status=Build.Status.RUNNING,
+                      enqueued_at=timezone.now() - timedelta(minutes=5))
+    fresh = JobFactory(build__status=Build.Status.RUNNING, enqueued_at=timezone.now())
+    Build.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    reap_stuck_runs()
+    assert sent_builds == [queued.pk] and sent_jobs == [lost.pk]
+    # A standalone server starting again: its in-memory broker lost everything queued.
+    sent_builds.clear()
+    sent_jobs.clear()
+    requeue_everything_queued()
+    assert sent_builds == [queued.pk] and set(sent_jobs) == {lost.pk, fresh.pk}
+
+
+@pytest.mark.django_db
+def test_a_build_whose_worker_died_while_starting_it_ends(settings):
+    build = BuildFactory(status=Build.Status.RUNNING)
+    Build.objects.filter(pk=build.pk).update(
+        started_at=timezone.now() - timedelta(seconds=settings.TRAINYARD["GIT_TIMEOUT"] + 120))
+    reap_stuck_runs()
+    build.refresh_from_db()
+    assert build.status == "error" and "starting this build stopped" in build.message

@@ -31,8 +31,10 @@ class Heartbeat:
         try:
             Job.objects.filter(pk=self.job_id).update(heartbeat_at=timezone.now())
         except DatabaseError:
-            # The database being away is the reaper's business, not a reason to stop the job.
+            # The database being away is the reaper's business, not a reason to stop the
+            # job; a connection it terminated is dropped so the next beat takes a new one.
             logger.warning("heartbeat of job %s not stored", self.job_id, exc_info=True)
+            connection.close_if_unusable_or_obsolete()
 
     def _run(self):
         try:

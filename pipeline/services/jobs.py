@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from nodes.transports import TransportError
@@ -110,9 +110,11 @@ def _guarded(job, work, *args):
         return work(job, *args)
     except Exception as exc:
         logger.exception("job %s crashed", job.pk)
-        transition(job, Job.Status.ERROR, where={"attempt": job.attempt},
-                   finished_at=timezone.now(),
-                   message=f"Trainyard failed while running this job: {exc!r}"[:2000])
+        connection.close_if_unusable_or_obsolete()
+        message = f"Trainyard failed while running this job: {exc!r}"[:2000]
+        _once_more_on_a_new_connection(lambda: transition(
+            job, Job.Status.ERROR, where={"attempt": job.attempt}, finished_at=timezone.now(),
+            message=message))
         finish_build_if_done(job.build_id)
         return job
 
@@ -159,7 +161,22 @@ def _run_in_context(job, spec, ctx, log):
     _store_outcome(job, result, ctx.workspace.src, message)
 
 
+def _once_more_on_a_new_connection(work):
+    """A job's outcome outlives a database connection that died under it (a restarted or
+    failed-over PostgreSQL terminates backends): drop the dead one and try again once."""
+    try:
+        return work()
+    except (OperationalError, InterfaceError):
+        logger.warning("database connection lost; storing the job's outcome again", exc_info=True)
+        connection.close()
+        return work()
+
+
 def _store_outcome(job, result, workspace, message):
+    _once_more_on_a_new_connection(lambda: _store_outcome_once(job, result, workspace, message))
+
+
+def _store_outcome_once(job, result, workspace, message):
     with transaction.atomic():
         if job.junit_path:
             message += _store_test_results(job, Path(workspace))

@@ -20,13 +20,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from pipeline.models import Build, Job
-from pipeline.services.builds import (
-    BROKER_ERRORS,
-    _enqueue_build,
-    end_build,
-    enqueue_jobs,
-    finish_build_if_done,
-)
+from pipeline.services import builds
+from pipeline.services.builds import BROKER_ERRORS, end_build, enqueue_jobs, finish_build_if_done
 from pipeline.statemachine import transition
 
 logger = logging.getLogger(__name__)
@@ -100,7 +95,7 @@ def _requeue_lost_tasks(now, older_than=REQUEUE_AFTER):
     for build_id in Build.objects.filter(status=Build.Status.QUEUED,
                                          created_at__lt=cutoff).values_list("pk", flat=True):
         try:
-            _enqueue_build(build_id)
+            builds._enqueue_build(build_id)
         except BROKER_ERRORS:
             logger.warning("broker away: build #%s waits for the next round", build_id)
             break
