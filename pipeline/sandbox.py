@@ -110,7 +110,8 @@ def wrap(argv, *, workspace, home, env, mode, cwd=None, extra_ro_binds=()):
     """Return (argv, env, cwd) for Popen: the command inside the sandbox of `mode`.
 
     `cwd` is relative to the workspace. `extra_ro_binds` are host paths shown read-only at
-    the same path (the mirror's objects, so the checkout's git alternates resolve)."""
+    the same path (the mirror's objects, so the checkout's git alternates resolve), or
+    (host path, path relative to the workspace) pairs (a cached folder, shown in place)."""
     rel = _relative_cwd(cwd)
     if mode in ("off", "unsandboxed"):
         return [str(a) for a in argv], {**env, "HOME": str(home)}, str(Path(workspace, rel))
@@ -134,11 +135,20 @@ def _command(binary, isolation, env, workspace, home, ro_binds, chdir, argv):
         "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
         "--bind", str(workspace), WORKSPACE, "--bind", str(home), HOME,
         # After /tmp's tmpfs, or it would hide a bind that lies under /tmp.
-        *[item for path in ro_binds for item in ("--ro-bind", str(path), str(path))],
+        *[item for bind in ro_binds for item in ("--ro-bind", *_source_and_target(bind))],
         # The rest of the root is bwrap's own tmpfs, which no build should write to.
         "--remount-ro", "/", "--chdir", chdir, "--", *argv,
     ]
     return [str(a) for a in command]
+
+
+def _source_and_target(bind):
+    """A host path shown at the same path, or (host path, path inside) for a cached folder
+    shown inside the workspace."""
+    if isinstance(bind, tuple):
+        source, inside = bind
+        return str(source), posixpath.normpath(posixpath.join(WORKSPACE, str(inside)))
+    return str(bind), str(bind)
 
 
 def _relative_cwd(cwd):

@@ -465,3 +465,29 @@ def test_it_refuses_hostile_repository_names(cache_dir, workspaces, name):
 def test_it_refuses_what_is_not_a_key(cache_dir, workspaces, key):
     with pytest.raises(ValueError, match="not a cache key"):
         cache.restore_or_fill("app", key, [".venv"], workspaces("a"), fill=Setup(), log=print)
+
+
+def test_it_shows_a_hit_in_place_without_copying_and_keeps_the_entry_while_shown(tmp_path, settings):
+    settings.TRAINYARD = {**settings.TRAINYARD, "CACHE_DIR": tmp_path / "cache"}
+    first, second = tmp_path / "one", tmp_path / "two"
+    for workspace in (first, second):
+        workspace.mkdir()
+        (workspace / "deps.txt").write_text("tool==1\n")
+
+    def fill():
+        (first / ".venv").mkdir()
+        (first / ".venv" / "tool").write_text("built\n")
+        return True
+
+    key = cache.cache_key(first, ["deps.txt"], salt="s")
+    with cache.mount_or_fill("app", key, [".venv"], first, fill, lambda text: None) as (outcome, binds):
+        assert (outcome, binds) == ("filled", [])
+    lines = []
+    with cache.mount_or_fill("app", key, [".venv"], second, lambda: 1 / 0, lines.append) as (outcome, binds):
+        assert outcome == "hit" and not (second / ".venv").exists()  # nothing copied
+        [(source, inside)] = binds
+        assert inside == ".venv" and (source / "tool").read_text() == "built\n"
+        settings.TRAINYARD = {**settings.TRAINYARD, "CACHE_MAX_BYTES": 1}
+        cache._evict(keep=None, log=lines.append)  # in use: never evicted under a job
+        assert (source / "tool").exists()
+    assert "shown read-only" in lines[0]

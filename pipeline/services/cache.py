@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 ARCHIVE = "paths.tar"
+TREE = "tree"  # the archive unpacked, for read-only binds into sandboxes
 USED = "used"
 TAR_TIMEOUT = 30 * 60
 LOCK_TIMEOUT = 30 * 60
@@ -122,6 +123,53 @@ def restore_or_fill(repository_name, key, paths, workspace, fill, log,
     if outcome == "filled":
         _evict(keep=entry, log=log)
     return outcome
+
+
+@contextmanager
+def mount_or_fill(repository_name, key, paths, workspace, fill, log, lock_timeout=LOCK_TIMEOUT):
+    """For a sandboxed job: yields (outcome, binds). On a hit nothing is copied: `binds`
+    are (host folder, path relative to the workspace) pairs that the sandbox shows
+    read-only in place, from an unpacked tree kept beside the entry; the entry stays
+    share-locked (so never evicted) until the block ends. Otherwise the outcomes of
+    `restore_or_fill`, with no binds: the setup's own files are in the workspace."""
+    workspace = Path(workspace)
+    paths = _checked_paths(workspace, paths)
+    entry = _repo_dir(repository_name) / _checked_key(key)
+    lock = entry.with_name(f"{entry.name}.lock")
+    deadline = time.monotonic() + lock_timeout
+    for _ in range(2):
+        with _flock(lock, fcntl.LOCK_SH, deadline) as held:
+            if held and _is_complete(entry) and (entry / TREE).is_dir():
+                started = time.monotonic()
+                (entry / USED).touch()
+                log(f"cache hit: {', '.join(paths)} shown read-only from {entry.name[:8]}"
+                    f" ({_human((entry / ARCHIVE).stat().st_size)}, "
+                    f"{time.monotonic() - started:.2f} s)")
+                yield "hit", [(entry / TREE / rel, rel) for rel in paths]
+                return
+        if not _unpack_tree(entry, lock, deadline, log):
+            break
+    yield restore_or_fill(repository_name, entry.name, paths, workspace, fill, log,
+                          lock_timeout=max(1, deadline - time.monotonic())), []
+
+
+def _unpack_tree(entry, lock, deadline, log):
+    """Unpack a complete entry's archive once, into `tree/` (by rename: whole or absent).
+    False when there is no complete entry to unpack."""
+    with _flock(lock, fcntl.LOCK_EX, deadline) as held:
+        if not held or not _is_complete(entry):
+            return False
+        if (entry / TREE).is_dir():
+            return True
+        tmp = entry / f".{TREE}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        error = _tar("-xpf", str(entry / ARCHIVE), "--no-same-owner", "-C", str(tmp))
+        if error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log(f"cache unpack failed ({entry.name[:8]}): {error}")
+            return False
+        os.rename(tmp, entry / TREE)
+        return True
 
 
 # Validation ---------------------------------------------------------------------------
@@ -334,7 +382,7 @@ def _entries(root):
             if not _KEY.fullmatch(path.name):
                 continue
             try:
-                size = sum(f.stat().st_size for f in path.iterdir())
+                size = (path / ARCHIVE).stat().st_size * (2 if (path / TREE).is_dir() else 1)
                 yield Entry(path, size, (path / USED).stat().st_mtime)
             except FileNotFoundError:
                 continue  # evicted meanwhile by a save elsewhere

@@ -23,7 +23,7 @@ from pipeline.services.builds import enqueue_jobs, finish_build_if_done
 from pipeline.services.heartbeat import Heartbeat
 from pipeline.services.junit import ReportError, parse_junit
 from pipeline.services.logs import LogWriter
-from pipeline.services.runner import JobWorkspace, job_context, run_command, run_setup
+from pipeline.services.runner import JobWorkspace, job_context, prepared, run_command
 from pipeline.spec import Spec
 from pipeline.statemachine import transition
 
@@ -148,14 +148,15 @@ def _run_in_context(job, spec, ctx, log):
         log.write(f"[trainyard: {warning}]\n")
     if job.attempt > 1:
         log.write(f"[trainyard: attempt {job.attempt}: the worker of the last one stopped]\n")
-    failure = run_setup(ctx, spec, deadline=deadline, log=log)
-    if failure:
-        log.write(f"\n[trainyard: {failure}]\n")
-        log.flush()
-        _end(job, Job.Status.FAILED, message=failure[:2000])
-        return
-    log.write(f"$ {job.command_display}\n")
-    result, message = run_command(ctx, job.command, timeout=deadline - time.monotonic(), log=log)
+    with prepared(ctx, spec, deadline=deadline, log=log) as failure:
+        if failure:
+            log.write(f"\n[trainyard: {failure}]\n")
+            log.flush()
+            _end(job, Job.Status.FAILED, message=failure[:2000])
+            return
+        log.write(f"$ {job.command_display}\n")
+        result, message = run_command(ctx, job.command, timeout=deadline - time.monotonic(),
+                                      log=log)
     log.write(f"\n[trainyard: {message} after {result.duration:.1f}s]\n")
     log.flush()
     _store_outcome(job, result, ctx.workspace.src, message)

@@ -12,6 +12,7 @@ import posixpath
 import shutil
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,7 +188,9 @@ def _command_exists(ctx, name):
 
 
 def _host_path(ctx, inside):
-    for mount, host in ((ctx.inside_workspace, ctx.workspace.src),
+    cached = [(posixpath.join(ctx.inside_workspace, rel), source)
+              for source, rel in (b for b in ctx.extra_ro_binds if isinstance(b, tuple))]
+    for mount, host in (*cached, (ctx.inside_workspace, ctx.workspace.src),
                         (ctx.inside_home, ctx.workspace.home)):
         if inside == mount or inside.startswith(mount + "/"):
             return str(host) + inside[len(mount):]
@@ -196,11 +199,14 @@ def _host_path(ctx, inside):
     return None
 
 
-def run_setup(ctx, spec, *, deadline, log):
-    """The spec's `setup` commands, or what `cache` kept of them. Returns an error message
-    when setup failed, else ''."""
+@contextmanager
+def prepared(ctx, spec, *, deadline, log):
+    """Run the spec's `setup` commands, or bring in what `cache` kept of them; yields an
+    error message when setup failed, else ''. In the sandbox a cache hit copies nothing:
+    the cached folders are shown read-only in place for as long as the block lasts."""
     if not spec.setup:
-        return ""
+        yield ""
+        return
     failure = []
 
     def fill():
@@ -215,16 +221,24 @@ def run_setup(ctx, spec, *, deadline, log):
 
     if not spec.cache:
         fill()
-        return failure[0] if failure else ""
-    try:
-        key = cache.cache_key(ctx.workspace.src, key_files=spec.cache["key"],
-                              salt=_cache_salt(ctx, spec))
-        cache.restore_or_fill(ctx.job.build.repository.name, key, paths=spec.cache["paths"],
-                              workspace=ctx.workspace.src, fill=fill,
-                              log=lambda text: log.write(f"[trainyard: {text.rstrip()}]\n"))
-    except ValueError as exc:  # a key file or path that leaves the checkout
-        return f"cache: {exc}"
-    return failure[0] if failure else ""
+        yield failure[0] if failure else ""
+        return
+    note = lambda text: log.write(f"[trainyard: {text.rstrip()}]\n")  # noqa: E731
+    with ExitStack() as stack:
+        try:
+            key = cache.cache_key(ctx.workspace.src, key_files=spec.cache["key"],
+                                  salt=_cache_salt(ctx, spec))
+            args = (ctx.job.build.repository.name, key, spec.cache["paths"], ctx.workspace.src,
+                    fill, note)
+            if ctx.mode == "bwrap":
+                _, binds = stack.enter_context(cache.mount_or_fill(*args))
+                ctx.extra_ro_binds = (*ctx.extra_ro_binds, *binds)
+            else:
+                cache.restore_or_fill(*args)
+        except ValueError as exc:  # a key file or path that leaves the checkout
+            yield f"cache: {exc}"
+            return
+        yield failure[0] if failure else ""
 
 
 def _cache_salt(ctx, spec):
