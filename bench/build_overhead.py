@@ -27,6 +27,7 @@ the end, and its folder (and database, with DATABASE_URL) is removed.
 """
 
 import argparse
+import logging
 import os
 import platform
 import re
@@ -67,6 +68,10 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=float, default=60.0,
                         help="before each run, wait up to this many seconds for the machine to "
                              "be idle (other processes under a quarter of a core); 0: do not wait")
+    parser.add_argument("--dir", default=None,
+                        help="where to make the bench folder: both sides' checkouts, the cache, the "
+                             "nodes, SQLite (default: the system's temporary folder; e.g. /dev/shm "
+                             "to take the disk out of both sides)")
     parser.add_argument("--keep", action="store_true", help="keep the bench folder")
     args = parser.parse_args(argv)
     args.counts = sorted({int(n) for n in args.builds.split(",") if n.strip()})
@@ -131,6 +136,7 @@ def setup_django(folder):
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)  # "No hostname": memory://
     return database
 
 
@@ -482,14 +488,20 @@ def _goal(text, met):
     return f"  [{'met' if met else 'MISSED'}] {text}"
 
 
-def machine_lines(database, mode):
+def machine_lines(database, mode, folder):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
     return [f"machine: {os.cpu_count()} CPU ({cpu}), {platform.system()} {platform.release()}",
             f"python {platform.python_version()}, Django {version('Django')}, celery {version('celery')}, "
             f"{bwrap or 'no bwrap'}, git {git('--version', cwd=ROOT).split()[-1]}",
-            f"database: {database.kind}; broker: memory:// (this process); sandbox: {mode}"]
+            f"database: {database.kind}; broker: memory:// (this process); sandbox: {mode}",
+            f"bench folder: {folder} ({_filesystem(folder)})"]
+
+
+def _filesystem(path):
+    out = subprocess.run(["df", "--output=fstype,source", str(path)], capture_output=True, text=True)
+    return " on ".join(out.stdout.split()[2:4]) if out.returncode == 0 else "?"
 
 
 # Main ---------------------------------------------------------------------------------------
@@ -506,7 +518,7 @@ def bench(args, folder, cleanup):
 
     limits = settings.TRAINYARD
     mode = sandbox.mode()
-    print("\n".join(machine_lines(database, mode)), flush=True)
+    print("\n".join(machine_lines(database, mode, folder)), flush=True)
     if mode != "bwrap":
         print(f"WARNING: the sandbox is '{mode}', not bubblewrap: this is not the measurement "
               "the goal is about", flush=True)
@@ -549,7 +561,7 @@ def bench(args, folder, cleanup):
 
 def main(argv=None):
     args = parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="trainyard-bench-build-"))
+    folder = Path(tempfile.mkdtemp(prefix="trainyard-bench-build-", dir=args.dir))
     cleanup = []
     begun = time.perf_counter()
     try:
