@@ -50,6 +50,15 @@ def wait_until(predicate, timeout=30.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
+def port_closed(port):
+    """True when nothing listens on the loopback `port` (a process holding it has ended)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.5).close()
+    except OSError:
+        return True
+    return False
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

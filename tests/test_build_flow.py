@@ -1,12 +1,10 @@
 """Build orchestration against real git repositories and a real Celery worker."""
 
-import socket
-
 import pytest
 
 from pipeline.models import Build, Event, Job
 from pipeline.services.builds import BuildRequestError, request_build
-from tests.helpers import Gate, build_ended, free_port, wait_until
+from tests.helpers import Gate, build_ended, free_port, port_closed, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,14 +66,7 @@ def test_it_kills_a_hanging_check_with_its_children_at_its_timeout(worker, repos
     assert "timeout of 3s" in job.message
     assert "hanging" in log_of(job)
 
-    def child_gone():
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-        except OSError:
-            return True
-        return False
-
-    wait_until(child_gone, timeout=10, message="the check's child process to die")
+    wait_until(lambda: port_closed(port), timeout=10, message="the check's child process to die")
 
 
 def test_it_caps_a_flood_of_output_and_still_ends(worker, repository, git_repo, settings):

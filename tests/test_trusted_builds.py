@@ -4,7 +4,6 @@ nothing else."""
 
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from pipeline import sandbox
 from pipeline.models import Job, Variable
 from pipeline.services import git
 from pipeline.services.builds import request_build
-from tests.helpers import FAST_SPEC, Gate, build_ended, free_port, require, wait_until
+from tests.helpers import FAST_SPEC, Gate, build_ended, free_port, port_closed, require, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,14 +106,8 @@ def test_nothing_a_check_starts_outlives_it(worker, repository, git_repo):
                          {"leave.py": leftover, "trainyard.yml": "checks:\n  a: python3 leave.py\n"})
     assert "left a process behind" in log_of(build.jobs.get())
 
-    def port_closed():
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-        except OSError:
-            return True
-        return False
-
-    wait_until(port_closed, timeout=5, message="the check's leftover process to be gone")
+    wait_until(lambda: port_closed(port), timeout=5,
+               message="the check's leftover process to be gone")
 
 
 def test_each_check_has_its_own_checkout_and_none_of_trainyards_packages(worker, repository,

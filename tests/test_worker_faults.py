@@ -4,7 +4,6 @@ private Redis, the suite's PostgreSQL database. Every wait is on observed state.
 
 import json
 import shutil
-import socket
 import time
 import uuid
 
@@ -15,7 +14,7 @@ from pipeline.models import Build, Job
 from pipeline.services.builds import request_build
 from tests.factories import RepositoryFactory
 from tests.faults import BeatProcess, RedisServer, WorkerProcess, database_url, find_processes, use_broker
-from tests.helpers import Gate, build_ended, free_port, require, wait_until
+from tests.helpers import Gate, build_ended, free_port, port_closed, require, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -65,14 +64,6 @@ def repo(git_repo, services):
 
 def ran_jobs(worker):
     return worker.log().count("Task pipeline.tasks.run_job[")
-
-
-def port_closed(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-    except OSError:
-        return True
-    return False
 
 
 def test_a_builds_jobs_run_on_two_hosts_and_pass_even_after_a_push(hosts, repo, git_repo):
