@@ -199,3 +199,21 @@ def _real_enqueue(build_id):
     from pipeline.tasks import run_build
 
     run_build.delay(build_id)
+
+
+@pytest.mark.parametrize("worker", ["threads"], indirect=True)
+def test_a_check_running_while_its_database_connections_are_terminated_still_passes(
+        worker, postgres, outage_repo, git_repo, gate):
+    git_repo.commit({"trainyard.yml": "checks:\n  held: python3 held.py\n",
+                     "held.py": gate.script(before="holding", after="released")})
+    build, _ = request_build(outage_repo, "master")
+    job = wait_until(lambda: Job.objects.filter(build=build, status="running").first(), timeout=60,
+                     message="the check to start")
+    wait_until(lambda: job.log_chunks.filter(text__contains="holding").exists(), timeout=30,
+               message="the check's first output")
+    assert terminate_backends(postgres) > 0  # under the running job: its log, its heartbeat
+    gate.open()
+    build = build_ended(build)
+    assert build.status == Build.Status.PASSED, build.message
+    job.refresh_from_db()
+    assert job.attempt == 1 and "released" in "".join(job.log_chunks.values_list("text", flat=True))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from nodes.transports import TransportError
@@ -22,7 +22,7 @@ from pipeline.services import git
 from pipeline.services.builds import enqueue_jobs, finish_build_if_done
 from pipeline.services.heartbeat import Heartbeat
 from pipeline.services.junit import ReportError, parse_junit
-from pipeline.services.logs import LogWriter
+from pipeline.services.logs import LogWriter, once_more_on_a_new_connection
 from pipeline.services.runner import JobWorkspace, job_context, prepared, run_command
 from pipeline.spec import Spec
 from pipeline.statemachine import transition
@@ -112,7 +112,7 @@ def _guarded(job, work, *args):
         logger.exception("job %s crashed", job.pk)
         connection.close_if_unusable_or_obsolete()
         message = f"Trainyard failed while running this job: {exc!r}"[:2000]
-        _once_more_on_a_new_connection(lambda: transition(
+        once_more_on_a_new_connection(lambda: transition(
             job, Job.Status.ERROR, where={"attempt": job.attempt}, finished_at=timezone.now(),
             message=message))
         finish_build_if_done(job.build_id)
@@ -162,19 +162,8 @@ def _run_in_context(job, spec, ctx, log):
     _store_outcome(job, result, ctx.workspace.src, message)
 
 
-def _once_more_on_a_new_connection(work):
-    """A job's outcome outlives a database connection that died under it (a restarted or
-    failed-over PostgreSQL terminates backends): drop the dead one and try again once."""
-    try:
-        return work()
-    except (OperationalError, InterfaceError):
-        logger.warning("database connection lost; storing the job's outcome again", exc_info=True)
-        connection.close()
-        return work()
-
-
 def _store_outcome(job, result, workspace, message):
-    _once_more_on_a_new_connection(lambda: _store_outcome_once(job, result, workspace, message))
+    once_more_on_a_new_connection(lambda: _store_outcome_once(job, result, workspace, message))
 
 
 def _store_outcome_once(job, result, workspace, message):

@@ -1,13 +1,29 @@
 """A job's log: output buffered and stored in ordered chunks a few times a second, with the
 repository's secret variables masked before anything is stored."""
 
+import logging
 import time
 
+from django.db import InterfaceError, OperationalError, connection
+
 from pipeline.models import LogChunk
+
+logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.25
 FLUSH_BYTES = 64 * 1024
 MASK = "***"
+
+
+def once_more_on_a_new_connection(work):
+    """A running job outlives a database connection that died under it (a restarted or
+    failed-over PostgreSQL terminates backends): drop the dead one and try again once."""
+    try:
+        return work()
+    except (OperationalError, InterfaceError):
+        logger.warning("database connection lost; trying again on a new one", exc_info=True)
+        connection.close()
+        return work()
 
 
 class LogWriter:
@@ -50,5 +66,6 @@ class LogWriter:
             ready, self.buffer = masked[:cut], masked[cut:]
         if not ready:
             return
-        LogChunk.objects.create(job=self.job, seq=self.seq, text=ready)
+        once_more_on_a_new_connection(
+            lambda: LogChunk.objects.create(job=self.job, seq=self.seq, text=ready))
         self.seq += 1
