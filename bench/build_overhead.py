@@ -11,9 +11,10 @@ same user work.
   unpack, install, switch, start, health) and the smoke tests in a checkout of their
   own. Every row, event and log chunk is written as in production.
 - bare: the same commands (the argv of the demo's trainyard.yml) in the same order and
-  parallelism as plain subprocesses: one checkout (`git clone --shared`) of the SHA, the
-  same `.venv` restored (`tar -x` of what the spec's `setup` made once), the three checks
-  at once, the deploy steps against a node folder and port of its own, the smoke tests.
+  parallelism as plain subprocesses: one checkout (`git worktree add`) of the SHA with the
+  warm `.venv` that the spec's `setup` made once (a symlink to it; `--bare-venv copy`:
+  `tar -x` of it), the three checks at once, the deploy steps against a node folder and
+  port of its own, the smoke tests.
 
 Every round builds new commits (one trivial extra commit per branch), so each deploy
 unpacks a new release and replaces the app the round before started, on both sides.
@@ -31,7 +32,6 @@ import logging
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -68,6 +68,10 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=float, default=60.0,
                         help="before each run, wait up to this many seconds for the machine to "
                              "be idle (other processes under a quarter of a core); 0: do not wait")
+    parser.add_argument("--bare-venv", choices=("link", "copy"), default="link",
+                        help="how each bare build gets the warm .venv: link (a symlink to it, as "
+                             "Trainyard's cache hit shows it in place, read-only: default) or copy "
+                             "(tar -x of it, as Trainyard's cache restored it before)")
     parser.add_argument("--dir", default=None,
                         help="where to make the bench folder: both sides' checkouts, the cache, the "
                              "nodes, SQLite (default: the system's temporary folder; e.g. /dev/shm "
@@ -88,11 +92,6 @@ def _machine_busy():
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu():
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
 def settle(limit, threshold=0.25, window=0.5):
     """Wait (up to `limit` s) until the rest of the machine uses < `threshold` cores."""
     deadline = time.monotonic() + limit
@@ -109,12 +108,13 @@ class Sample:
         self.side, self.count, self.busy_before = side, count, busy_before
         self.load = os.getloadavg()[0]
         self.stages, self.jobs = {}, {}
-        self._cpu, self._machine = _own_cpu(), _machine_busy()
+        self._machine = _machine_busy()
 
     def stop(self, wall):
         self.wall = wall
-        self.cpu = _own_cpu() - self._cpu  # this process, its threads, the commands it waited for
-        self.other_cpu = max(0.0, _machine_busy() - self._machine - self.cpu)
+        # All of the machine's CPU: a process cannot count its sandboxed commands' own (bwrap's
+        # pid namespace reaps them), so this includes whatever else ran meanwhile.
+        self.cpu = _machine_busy() - self._machine
         return self
 
 
@@ -220,10 +220,11 @@ class Trainyard:
                 raise RuntimeError(f"{branch}: a build of {build.sha[:10]} was already running")
             ids.append(build.pk)
         deadline = time.monotonic() + BUILD_TIMEOUT
+        # The times come from the rows, so a slow poll costs no accuracy, and little CPU.
         while Build.objects.filter(pk__in=ids, status__in=Build.ACTIVE).exists():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Trainyard builds {ids} did not end in {BUILD_TIMEOUT} s")
-            time.sleep(0.05)
+            time.sleep(0.25)
         builds = list(Build.objects.filter(pk__in=ids).order_by("pk"))
         sample.stop(max(b.finished_at.timestamp() for b in builds) - started)
         for build in builds:
@@ -266,7 +267,7 @@ def _stages(build, started):
         details[job.name] = {
             "wait": job.started_at.timestamp() - starts[job.stage],
             "run": (job.finished_at - job.started_at).total_seconds(),
-            "restore": float(restored[-1]) if restored else None,
+            "cache": float(restored[-1]) if restored else None,
             "command": float(command[-1]) if command else None,
         }
     return stages, details
@@ -277,40 +278,57 @@ def _stages(build, started):
 class Bare:
     """The same user work without Trainyard: plain subprocesses, no database, no sandbox."""
 
-    def __init__(self, folder, origin, sha, count, first_port, concurrency, limit):
+    def __init__(self, folder, origin, sha, count, first_port, concurrency, limit, venv_mode):
         from pipeline.spec import parse_spec
 
         self.folder, self.origin, self.concurrency = folder / "bare", origin, concurrency
         self.spec = parse_spec(git("show", f"{sha}:trainyard.yml", cwd=origin))
         self.commands = threading.Semaphore(limit)  # JOBS_PER_REPOSITORY
         self.nodes = [(self.folder / "nodes" / f"node-{i:02d}", first_port + i) for i in range(count)]
-        self.round = 0
+        self.round, self.venv_mode = 0, venv_mode
+        self.worktrees = threading.Lock()
         self.folder.mkdir(parents=True)
-        self.venv = self._make_venv(sha)
+        self.warm = self._make_venv(sha)
 
     def _env(self, home, command=None, **extra):
         return {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "CI": "true", "HOME": str(home),
                 **self.spec.env, **(command.env if command else {}), **extra}
 
     def _make_venv(self, sha):
-        """Untimed: the spec's `setup` once, kept as a tar, as Trainyard's cache keeps it."""
+        """Untimed: the spec's `setup` once, in a checkout kept for it (link), or kept as a
+        tar as Trainyard's cache keeps it (copy)."""
         work = self.folder / "setup"
-        self._checkout(sha, work / "src")
+        self._checkout(sha, self._src(work))
         (work / "home").mkdir()
         for command in self.spec.setup:
-            _run(command.argv, cwd=work / "src", env=self._env(work / "home"))
+            _run(command.argv, cwd=self._src(work), env=self._env(work / "home"))
+        if self.venv_mode == "link":
+            return self._src(work)
         archive = self.folder / "venv.tar"
-        _run(["tar", "-cf", str(archive), "-C", str(work / "src"), *self.spec.cache["paths"]])
+        _run(["tar", "-cf", str(archive), "-C", str(self._src(work)), *self.spec.cache["paths"]])
         shutil.rmtree(work)
         return archive
 
     def _checkout(self, sha, src):
-        git("clone", "-q", "--shared", "--no-checkout", str(self.origin), str(src), cwd=self.folder)
-        git("-c", "advice.detachedHead=false", "checkout", "-q", "--detach", sha, cwd=src)
+        """A worktree of the repository (the cheapest checkout git has: 35 ms here, where
+        `clone --shared` and a checkout take 110 ms and Trainyard's own 55 ms). One at a
+        time: git 2.39 reads the other worktrees' records while adding one, and fails on a
+        half-written one ("failed to read .git/worktrees/<name>/commondir")."""
+        with self.worktrees:
+            proc = subprocess.run(["git", "worktree", "add", "-q", "--detach", str(src), sha],
+                                  cwd=self.origin, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"bare: git worktree add {src} failed: {proc.stderr.strip()}")
+
+    @staticmethod
+    def _src(work):
+        """The checkout: a name of its own, which git also gives the worktree's records."""
+        return work / f"src-{work.parent.name}-{work.name}"
 
     def run(self, shas, busy_before):
         self.round += 1
         sample = Sample("bare", len(shas), busy_before)
+        sample.venv = self.venv_mode
         started = time.time()
         records = [{} for _ in shas]
         with ThreadPoolExecutor(self.concurrency) as pool, ThreadPoolExecutor(len(shas)) as drivers:
@@ -325,6 +343,7 @@ class Bare:
                              "smoke": times["smoke"] - times["deploy"]}
             sample.jobs = {name: {"run": took} for name, took in times["took"].items()}
         shutil.rmtree(self.folder / f"round-{self.round}", ignore_errors=True)
+        git("worktree", "prune", cwd=self.origin)
         return sample
 
     def _build(self, pool, index, sha, times):
@@ -355,14 +374,18 @@ class Bare:
         times["smoke"] = time.time()
 
     def _prepare(self, work, sha):
-        """One checkout and the warm `.venv` restored into it."""
-        self._checkout(sha, work / "src")
+        """One checkout, and the warm `.venv` linked or copied into it."""
+        self._checkout(sha, self._src(work))
         (work / "home").mkdir()
-        _run(["tar", "-xpf", str(self.venv), "--no-same-owner", "-C", str(work / "src")])
+        if self.venv_mode == "link":
+            for rel in self.spec.cache["paths"]:
+                (self._src(work) / rel).symlink_to(self.warm / rel)
+        else:
+            _run(["tar", "-xpf", str(self.warm), "--no-same-owner", "-C", str(self._src(work))])
 
     def _command(self, work, command, target_url=None):
         extra = {"TARGET_URL": target_url} if target_url else {}
-        _run(command.argv, cwd=work / "src", env=self._env(work / "home", command, **extra))
+        _run(command.argv, cwd=self._src(work), env=self._env(work / "home", command, **extra))
 
     def _deploy(self, base, port, sha, work):
         """git archive, unpack, install, switch `current`, start, poll health."""
@@ -433,22 +456,27 @@ def single_table(samples):
              f"  {'stage':<26} {'trainyard s':>11} {'bare s':>8} {'overhead s':>10}  runs (trainyard / bare)"]
     rows = [(stage, lambda s, stage=stage: s.stages[stage]) for stage in STAGES]
     rows += [("total", lambda s: s.wall),
-             ("outside the deploy", lambda s: s.stages["checks"] + s.stages["smoke"])]
+             ("outside the deploy", lambda s: s.stages["checks"] + s.stages["smoke"]),
+             ("machine CPU (CPU s)", lambda s: s.cpu)]
     overheads = {}
     for name, value in rows:
         a, b = _median(value(s) for s in ours), _median(value(s) for s in theirs)
         overheads[name] = a - b
         runs = " ".join(f"{value(s):.2f}" for s in ours) + " / " + " ".join(f"{value(s):.2f}" for s in theirs)
         lines.append(f"  {name:<26} {a:>11.2f} {b:>8.2f} {a - b:>10.2f}  {runs}")
-    lines += ["", "  per job (median s): trainyard started after its stage could, ran (of which cache "
-              "restore, command), bare ran",
-              f"  {'job':<12} {'started':>8} {'ran':>8} {'restore':>8} {'command':>8} {'bare ran':>8}"]
+    lines += ["", "  per job (median s): trainyard started after its stage could, ran (of which the "
+              "cache hit, the command), bare ran",
+              f"  {'job':<12} {'started':>8} {'ran':>8} {'cache':>8} {'command':>8} {'bare ran':>8}"]
     for name in ("lint", "unit", "integration", "deploy", "smoke"):
         lines.append(f"  {name:<12} {_fmt(_job(ours, name, 'wait'))} {_fmt(_job(ours, name, 'run'))} "
-                     f"{_fmt(_job(ours, name, 'restore'))} {_fmt(_job(ours, name, 'command'), digits=1)} "
+                     f"{_fmt(_job(ours, name, 'cache'))} {_fmt(_job(ours, name, 'command'), digits=1)} "
                      f"{_fmt(_job(theirs, name, 'run'))}")
-    lines.append(f"  {'(bare: one checkout + .venv restore)':<45} {_fmt(_job(theirs, 'prepare', 'run'))}")
+    lines.append(f"  {'(bare: one checkout + .venv ' + _VENV_WORDS[theirs[0].venv] + ')':<45} "
+                 f"{_fmt(_job(theirs, 'prepare', 'run'))}")
     return lines, overheads
+
+
+_VENV_WORDS = {"link": "linked", "copy": "copied"}
 
 
 def _job(samples, name, key):
@@ -463,10 +491,10 @@ def concurrent_table(samples, limits):
         walls = {side: _median(s.wall for s in runs) for side, runs in these.items()}
         ratios[count] = walls["trainyard"] / walls["bare"]
         lines += [f"{count} builds at once (median of {len(these['trainyard'])}; {limits}):",
-                  f"  {'side':<10} {'wall s':>7} {'own CPU s':>9} {'other CPU s':>11}  runs (wall s)"]
+                  f"  {'side':<10} {'wall s':>7} {'machine CPU s':>13} {'load avg':>8}  runs (wall s)"]
         for side, runs in these.items():
-            lines.append(f"  {side:<10} {walls[side]:>7.2f} {_median(s.cpu for s in runs):>9.2f} "
-                         f"{_median(s.other_cpu for s in runs):>11.2f}  "
+            lines.append(f"  {side:<10} {walls[side]:>7.2f} {_median(s.cpu for s in runs):>13.2f} "
+                         f"{_median(s.load for s in runs):>8.2f}  "
                          + " ".join(f"{s.wall:.2f}" for s in runs))
         lines.append(f"  trainyard / bare = {ratios[count]:.2f}")
     return lines, ratios
@@ -488,7 +516,7 @@ def _goal(text, met):
     return f"  [{'met' if met else 'MISSED'}] {text}"
 
 
-def machine_lines(database, mode, folder):
+def machine_lines(database, mode, folder, bare_venv):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
@@ -496,7 +524,7 @@ def machine_lines(database, mode, folder):
             f"python {platform.python_version()}, Django {version('Django')}, celery {version('celery')}, "
             f"{bwrap or 'no bwrap'}, git {git('--version', cwd=ROOT).split()[-1]}",
             f"database: {database.kind}; broker: memory:// (this process); sandbox: {mode}",
-            f"bench folder: {folder} ({_filesystem(folder)})"]
+            f"bench folder: {folder} ({_filesystem(folder)}); bare .venv: {bare_venv}"]
 
 
 def _filesystem(path):
@@ -505,6 +533,30 @@ def _filesystem(path):
 
 
 # Main ---------------------------------------------------------------------------------------
+
+def measure(args, pusher, trainyard, bare):
+    """Per N: one untimed round of each side (fills the cache, starts an app on each node),
+    then `repeat` timed rounds, each side on new commits after the machine settled."""
+    samples = []
+    for n in args.counts:
+        branches = branches_for(n)
+        begun = time.perf_counter()
+        pusher.push(branches)
+        trainyard.run(branches, 0.0)
+        bare.run(pusher.push(branches), 0.0)
+        print(f"warm-up with {n} build(s): {time.perf_counter() - begun:.0f} s", flush=True)
+        for _ in range(args.repeat):
+            for side in (trainyard, bare):
+                shas = pusher.push(branches)
+                idle = settle(args.settle) if args.settle else 0.0
+                sample = side.run(branches if side is trainyard else shas, idle)
+                stages = " ".join(f"{name} {took:.2f}" for name, took in sample.stages.items())
+                print(f"  N={n:<3} {sample.side:<10} {sample.wall:7.2f} s wall {sample.cpu:6.2f} s machine "
+                      f"CPU (before: {idle:.2f} cores busy, load average {sample.load:.2f})  {stages}",
+                      flush=True)
+                samples.append(sample)
+    return samples
+
 
 def bench(args, folder, cleanup):
     database = setup_django(folder)
@@ -518,7 +570,7 @@ def bench(args, folder, cleanup):
 
     limits = settings.TRAINYARD
     mode = sandbox.mode()
-    print("\n".join(machine_lines(database, mode, folder)), flush=True)
+    print("\n".join(machine_lines(database, mode, folder, args.bare_venv)), flush=True)
     if mode != "bwrap":
         print(f"WARNING: the sandbox is '{mode}', not bubblewrap: this is not the measurement "
               "the goal is about", flush=True)
@@ -529,29 +581,11 @@ def bench(args, folder, cleanup):
     trainyard = Trainyard(origin, count, first_port, folder)
     cleanup.append(trainyard.stop_apps)
     bare = Bare(folder, origin, git("rev-parse", "feature/hello", cwd=origin), count, first_port + count,
-                args.concurrency, limits["JOBS_PER_REPOSITORY"])
+                args.concurrency, limits["JOBS_PER_REPOSITORY"], args.bare_venv)
     cleanup.append(bare.stop_apps)
-    samples = []
     with start_worker(app, pool="threads", concurrency=args.concurrency, perform_ping_check=False,
                       queues=QUEUES, shutdown_timeout=30, loglevel="WARNING"):
-        for n in args.counts:
-            branches = branches_for(n)
-            begun = time.perf_counter()
-            pusher.push(branches)
-            trainyard.run(branches, 0.0)  # untimed: fills the cache, deploys once to each node
-            bare.run(pusher.push(branches), 0.0)
-            print(f"warm-up with {n} build(s): {time.perf_counter() - begun:.0f} s", flush=True)
-            for _ in range(args.repeat):
-                for side in (trainyard, bare):
-                    shas = pusher.push(branches)
-                    idle = settle(args.settle) if args.settle else 0.0
-                    sample = side.run(branches if side is trainyard else shas, idle)
-                    print(f"  N={n:<3} {sample.side:<10} {sample.wall:7.2f} s wall {sample.cpu:6.2f} s own "
-                          f"CPU {sample.other_cpu:6.2f} s other CPU (machine {idle:.2f} cores busy "
-                          f"before, load average {sample.load:.2f})"
-                          + ("  " + " ".join(f"{k} {v:.2f}" for k, v in sample.stages.items())
-                             if sample.stages else ""), flush=True)
-                    samples.append(sample)
+        samples = measure(args, pusher, trainyard, bare)
     limit_text = (f"trainyard: worker of {args.concurrency} threads, JOBS_PER_BUILD="
                   f"{limits['JOBS_PER_BUILD']}, JOBS_PER_REPOSITORY={limits['JOBS_PER_REPOSITORY']}; "
                   f"bare: a pool of {args.concurrency} threads, at most {limits['JOBS_PER_REPOSITORY']} "
@@ -579,7 +613,8 @@ def main(argv=None):
     print("\n".join(single + ([""] if single and many else []) + many))
     print("\n".join(goal_lines(overheads, ratios)))
     loads = [s.load for s in samples]
-    print(f"load average (1 min) at the start of the runs: {min(loads):.2f}-{max(loads):.2f}")
+    print(f"load average (1 min) at the start of the runs: {min(loads):.2f}-{max(loads):.2f} "
+          "(it still holds this bench's previous run)")
     print(f"whole run: {time.perf_counter() - begun:.0f} s")
 
 

@@ -104,8 +104,8 @@ def job_context(job, spec, workspace, mode, extra_env=None):
                      secrets=[v.value for v in variables if v.secret and v.value],
                      extra_ro_binds=(str(git.objects_path(build.repository)),))
     ctx.env = {"PATH": PATH, "LANG": "C.UTF-8", "CI": "true"}
-    ctx.env.update(getattr(spec, "env", None) or {})
-    ctx.env.update(getattr(command, "env", None) or {})
+    ctx.env.update(spec.env)
+    ctx.env.update(command.env if command else {})
     ctx.env.update({v.name: v.value for v in variables})
     ctx.env.update({
         "HOME": ctx.inside_home,
