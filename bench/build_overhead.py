@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""Build overhead: the demo's branch build through Trainyard vs a bare script doing the
-same user work.
+"""Build overhead: the demo's branch build, through Trainyard and as a bare script.
 
     .venv/bin/python bench/build_overhead.py [--builds 1,20] [--repeat 3] [--concurrency 8]
 
@@ -194,7 +193,7 @@ def stop_app(base, port):
 
 # Trainyard ----------------------------------------------------------------------------------
 
-_RESTORED = re.compile(r"cache hit: .*?, ([\d.]+) s\)")
+_CACHE_HIT = re.compile(r"cache hit: .*?, ([\d.]+) s\)")
 _COMMAND = re.compile(r"after ([\d.]+)s\]")
 
 
@@ -263,7 +262,7 @@ def _stages(build, started):
     details = {}
     for job in jobs:
         log = _job_log(job)
-        restored, command = _RESTORED.findall(log), _COMMAND.findall(log)
+        restored, command = _CACHE_HIT.findall(log), _COMMAND.findall(log)
         details[job.name] = {
             "wait": job.started_at.timestamp() - starts[job.stage],
             "run": (job.finished_at - job.started_at).total_seconds(),
