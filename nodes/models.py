@@ -38,6 +38,12 @@ class Node(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     environment = models.CharField(max_length=20, choices=Environment.choices,
                                    default=Environment.BRANCH)
+    # None: in the shared pool, used by every repository. Set: reserved for that
+    # repository, whose builds use it before any shared node; no other repository's do.
+    repository = models.ForeignKey("pipeline.Repository", null=True, blank=True,
+                                   on_delete=models.PROTECT, related_name="nodes",
+                                   help_text="Empty: the shared pool. Set: only this "
+                                             "repository's builds use the node.")
     transport = models.CharField(max_length=10, choices=Transport.choices, default=Transport.SSH)
     host = models.CharField(max_length=255, default="127.0.0.1",
                             help_text="Where SSH connects and where the app answers.")
