@@ -52,10 +52,15 @@ def run_job(job_id):
     if not claim_job(job):
         return None
     extra = {"TARGET_URL": job.build.deploy_url} if job.stage == "smoke" else None
-    with Heartbeat(job.pk):
-        _guarded(job, _run_command_job, extra)
-    finish_build_if_done(job.build_id)
-    dispatch_waiting_jobs(job.build.repository_id)
+    workspace = JobWorkspace.for_job(job)
+    try:
+        with Heartbeat(job.pk):
+            _guarded(job, _run_command_job, workspace, extra)
+        finish_build_if_done(job.build_id)
+        dispatch_waiting_jobs(job.build.repository_id)
+    finally:
+        # After the build moved on: its next stage need not wait for the deletion.
+        workspace.remove()
     return job
 
 
@@ -124,9 +129,8 @@ def _end(job, status, **fields):
                       **fields)
 
 
-def _run_command_job(job, extra_env=None):
+def _run_command_job(job, workspace, extra_env=None):
     spec = Spec.from_dict(job.build.spec)
-    workspace = JobWorkspace.for_job(job)
     log = LogWriter(job)
     try:
         mode = sandbox.mode()
@@ -138,8 +142,6 @@ def _run_command_job(job, extra_env=None):
         log.write(f"\n[trainyard: {exc}]\n")
         log.flush()
         _end(job, Job.Status.ERROR, message=str(exc)[:2000])
-    finally:
-        workspace.remove()
 
 
 def _run_in_context(job, spec, ctx, log):
