@@ -8,6 +8,10 @@ class NodeQuerySet(models.QuerySet):
     def branch_pool(self):
         return self.filter(environment=Node.Environment.BRANCH)
 
+    def usable_by(self, repository):
+        """The shared nodes and those reserved for `repository` (a Repository or its pk)."""
+        return self.filter(Q(repository__isnull=True) | Q(repository=repository))
+
     def allocatable(self):
         """Enabled, not draining, not known to be unhealthy, and not held by a build."""
         return self.filter(enabled=True, draining=False, held_by__isnull=True).exclude(
@@ -80,6 +84,16 @@ class Node(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def pool(self):
+        """Where the node serves: "shared", or the name of the repository it is reserved for."""
+        return self.repository.name if self.repository_id else "shared"
+
+    @property
+    def health_shown(self):
+        """A disabled node is never checked, so its last health would be stale: say so."""
+        return self.health if self.enabled else "disabled"
 
     @property
     def address(self):

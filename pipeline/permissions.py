@@ -11,6 +11,7 @@ ACTIONS = {
     "build": "pipeline.add_build",
     "open_pull_request": "pipeline.add_pullrequest",
     "close_pull_request": "pipeline.change_pullrequest",
+    "manage_nodes": "nodes.change_node",  # pin host keys, enable, disable, drain
 }
 
 

@@ -279,6 +279,8 @@ TRAINYARD = {
     # The private key Trainyard logs in to SSH nodes with (its path; never the key itself).
     "SSH_KEY_FILE": env_str("TRAINYARD_SSH_KEY_FILE"),
     "DEPLOY_TIMEOUT": env_int("TRAINYARD_DEPLOY_TIMEOUT", 10 * 60),
+    # A deploy with no usable branch node waits this long (saying why), then ends in error.
+    "NODE_WAIT_TIMEOUT": env_int("TRAINYARD_NODE_WAIT_TIMEOUT", 30 * 60),
     "NODE_BASE_DIR": Path(env_str("TRAINYARD_NODE_DIR", str(VAR_DIR / "nodes"))),
     "NODE_FIRST_PORT": env_int("TRAINYARD_NODE_FIRST_PORT", 9101),
     # Running user code: the sandbox ("bwrap", or "off" to run checks unsandboxed).

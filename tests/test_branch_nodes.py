@@ -194,12 +194,12 @@ def test_a_build_waits_for_a_node_and_goes_on_when_one_frees(worker, demo, local
                            status=Build.Status.RUNNING)
     assert allocate_node(blocker) == node
     build, _ = request_build(demo, "feature/hello")
-    wait_until(lambda: Job.objects.filter(build=build, stage="deploy",
-                                          message="waiting for a branch node").exists(),
+    waiting = f"no usable branch node for demo: 1 busy (build #{blocker.pk})"
+    wait_until(lambda: Job.objects.filter(build=build, stage="deploy", message=waiting).exists(),
                timeout=120, message="the build to say it waits for a node")
     assert Event.objects.filter(kind="job.waiting", build=build).exists()
     build.refresh_from_db()
-    assert build.message == "waiting for a branch node"  # what the radiator's row shows
+    assert build.message == waiting  # what the radiator's row shows
     end_build(blocker, Build.Status.CANCELLED, "cancelled by the test")  # frees the node
     build_ended(build)
     assert build.status == "passed", build.message

@@ -13,33 +13,37 @@ silent; the reaper then calls `recover_interrupted_deploy`, which frees the node
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from nodes import deploy as protocol
 from nodes.models import Deployment, Node
-from nodes.services.allocation import allocate_node, mark_unhealthy
+from nodes.services.allocation import allocate_node, mark_unhealthy, why_no_node
 from nodes.services.connections import get_transport
 from nodes.services.health import check_node
 from nodes.transports import TransportError
-from pipeline.models import Build, Job
-from pipeline.services.builds import finish_build_if_done
+from pipeline.models import Build, Event, Job
+from pipeline.services.builds import end_build, finish_build_if_done
 from pipeline.services.events import record_event
 from pipeline.services.heartbeat import Heartbeat
 from pipeline.services.logs import LogWriter
 from pipeline.statemachine import transition
 
 logger = logging.getLogger(__name__)
-WAITING_FOR_NODE = "waiting for a branch node"
+# How every "why this deploy waits" message starts (allocation.why_no_node).
+WAITING_FOR_NODE = "no usable branch node"
 
 
 def run_deploy_job(job):
     """Claim the deploy job, deploy the build's SHA to a branch node, end the job and move
     the build on. None when this copy has nothing to do: another copy claimed the job, its
-    build ended, or no node is free (the job stays queued and says so)."""
+    build ended, or no node is usable (the job stays queued and says why, until it has
+    waited TRAINYARD_NODE_WAIT_TIMEOUT: then it and its build end in error with the reason)."""
     node = _claim(job)
     if node is None:
         return None
@@ -82,9 +86,9 @@ def _claim(job):
             return None
         node = allocate_node(job.build)
         if node is None:
-            _say_waiting(job)
+            _wait_or_give_up(job, attempt)
             return None
-        Build.objects.filter(pk=job.build_id, message=WAITING_FOR_NODE).update(message="")
+        Build.objects.filter(pk=job.build_id, message__startswith=WAITING_FOR_NODE).update(message="")
         job.attempt, now = attempt, timezone.now()
         if not transition(job, Job.Status.RUNNING, started_at=now, heartbeat_at=now,
                           message=f"deploying to {node.name}"):
@@ -93,13 +97,35 @@ def _claim(job):
     return node
 
 
-def _say_waiting(job):
+def _wait_or_give_up(job, attempt):
+    """No node for `job`: say why (on the job, its build and an Event, whenever the reason
+    changes), or, once it has waited NODE_WAIT_TIMEOUT, end the job and its build in error
+    with that reason. Runs under _claim's locks, so copies of the task take turns."""
+    reason = why_no_node(job.build)
+    limit = settings.TRAINYARD["NODE_WAIT_TIMEOUT"]
+    since = (Event.objects.filter(kind="job.waiting", job=job.pk, data__attempt=attempt)
+             .order_by("created_at").values_list("created_at", flat=True).first())
+    if since is not None and timezone.now() - since >= timedelta(seconds=limit):
+        message = f"{reason} (gave up after {_duration(limit)}: TRAINYARD_NODE_WAIT_TIMEOUT)"
+        job.attempt = attempt
+        if _end(job, Job.Status.ERROR, message=message):
+            end_build(job.build, Build.Status.ERROR, message)
+        return
+    _say_waiting(job, reason, attempt)
+
+
+def _say_waiting(job, reason, attempt):
     """The job, its build (shown on the radiator's row) and an Event say why it waits."""
-    with transaction.atomic():
-        if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(
-                message=WAITING_FOR_NODE).update(message=WAITING_FOR_NODE):
-            Build.objects.filter(pk=job.build_id, message="").update(message=WAITING_FOR_NODE)
-            record_event("job.waiting", subject=job, new="queued", message=WAITING_FOR_NODE)
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).exclude(message=reason).update(
+            message=reason):
+        (Build.objects.filter(pk=job.build_id)
+         .filter(Q(message="") | Q(message__startswith=WAITING_FOR_NODE)).update(message=reason))
+        record_event("job.waiting", subject=job, new="queued", message=reason,
+                     data={"attempt": attempt})
+
+
+def _duration(seconds):
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
 
 
 def _end(job, status, **fields):

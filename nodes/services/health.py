@@ -1,5 +1,10 @@
 """Node health: reachable through its transport (else unhealthy), then its app's health
-URL if one is deployed (else degraded)."""
+URL if one is deployed (else degraded).
+
+`check_soon(node)` checks one node as soon as the caller's transaction commits (a Celery
+task): for a node just added, re-pinned or enabled, so it does not wait for the next 30 s
+round. A node that stops being unhealthy gives waiting deploys another try at once.
+"""
 
 import time
 import urllib.error
@@ -27,7 +32,20 @@ def record_health(node, health, message="", latency_ms=None):
         node.health, node.health_message = health, message[:500]
         if old != health:
             record_event("node.health", subject=node, old=old or "", new=health, message=message)
+        if old == Node.Health.UNHEALTHY and health != Node.Health.UNHEALTHY:
+            from pipeline.services.builds import dispatch_waiting_deploys
+
+            transaction.on_commit(dispatch_waiting_deploys, robust=True)
     return health
+
+
+def check_soon(node):
+    """Check `node` once the caller's transaction commits, on a worker (SSH may take
+    seconds: never in a web request). Call it after adding, re-pinning or enabling a node."""
+    from nodes.tasks import check_one_node
+
+    node_id = node.pk
+    transaction.on_commit(lambda: check_one_node.delay(node_id), robust=True)
 
 
 def _probe_url(url):
@@ -57,6 +75,20 @@ def check_node(node):
             return record_health(node, Node.Health.DEGRADED, message)
     latency = int((time.monotonic() - started) * 1000)
     return record_health(node, Node.Health.HEALTHY, message, latency)
+
+
+def check_node_by_id(node_id):
+    """Check one node now; if it is usable, waiting deploys get another try (it may be the
+    node they wait for). A node removed meanwhile, or disabled, is not checked."""
+    node = Node.objects.filter(pk=node_id, enabled=True).first()
+    if node is None:
+        return None
+    health = check_node(node)
+    if health != Node.Health.UNHEALTHY:
+        from pipeline.services.builds import dispatch_waiting_deploys
+
+        dispatch_waiting_deploys()
+    return health
 
 
 def check_all_nodes():

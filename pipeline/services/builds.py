@@ -177,7 +177,7 @@ def _next_stage(build, done, spec):
     if build.kind != Build.Kind.BRANCH:
         return None
     if Stage.DEPLOY not in done and Stage.SMOKE not in done:
-        return Stage.DEPLOY if spec.deploy and has_branch_pool() else None
+        return Stage.DEPLOY if spec.deploy and has_branch_pool(build.repository_id) else None
     if Stage.SMOKE not in done and Stage.DEPLOY in done and spec.smoke:
         return Stage.SMOKE
     return None
