@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 
 from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult
 from pipeline.services.builds import request_build
+from tests.csp import csp_violations, watch_csp
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
 from tests.helpers import Gate, off_main_thread, wait_until
 
@@ -26,6 +27,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SECONDS = 1000
 LIVE = 30 * SECONDS  # a real build through a real worker: generous, never slept through
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+@pytest.fixture(autouse=True)
+def _no_csp_violations(page):
+    """Every page here, live updates and all, runs under the Content-Security-Policy."""
+    seen = watch_csp(page)
+    yield
+    assert csp_violations(page, seen) == []
 
 
 def ask_for(repository, branch, user=None):
