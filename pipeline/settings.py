@@ -53,6 +53,26 @@ VAR_DIR = Path(env_str("TRAINYARD_VAR_DIR", str(BASE_DIR / "var")))
 DEBUG = env_bool("DEBUG", False) and not PRODUCTION
 
 
+def _private_database(path):
+    """Create the SQLite file (empty: an empty database) readable by its owner only, and
+    make it and its -wal and -shm files so if an earlier version left them 0644. SQLite
+    creates -wal and -shm with the database file's own mode, so they stay private too."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            file.chmod(0o600)
+        except FileNotFoundError:
+            pass  # no -wal or -shm while no connection is open
+
+
+if not PRODUCTION:
+    # Standalone, var/ holds the secret key, the database (sessions, API token hashes) and
+    # mirrors and checkouts of the team's code: its owner's alone, whatever the umask
+    # (earlier versions left it 0755). Production's folders are the operator's to set.
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    VAR_DIR.chmod(0o700)
+
+
 def _secret_key():
     key = env_secret("SECRET_KEY")
     if key:
@@ -88,6 +108,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
     "django_celery_beat",
     "pipeline",
     "nodes",
@@ -97,6 +118,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -142,7 +164,9 @@ if DATABASE_URL:
         else:
             DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
 else:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # It holds session keys and API token hashes.
+    _private_database(VAR_DIR / "trainyard.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -189,6 +213,26 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = not PRODUCTION
 if not PRODUCTION:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing root
+
+# Content-Security-Policy on every response (django-csp; Django 5.2 has none built in).
+# Pages load scripts, styles, images and fonts from this origin only and talk only to it
+# (fetch, the radiator's websocket: CSP 3 lets 'self' match ws:/wss: on the same host).
+# No inline script or style anywhere, not even nonce'd: templates use static files, data
+# attributes and classes (tests/test_page_security.py keeps them so). No plugins, no
+# <base>, forms post only here, and no other site may frame a page.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 LOGIN_URL = "admin:login"
 LOGIN_REDIRECT_URL = "/"

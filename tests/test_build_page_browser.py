@@ -6,10 +6,19 @@ from playwright.sync_api import expect
 
 from pipeline.models import Job
 from pipeline.services.builds import request_build
+from tests.csp import csp_violations, watch_csp
 from tests.helpers import Gate, off_main_thread, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 LIVE = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _no_csp_violations(page):
+    """The page follows the build under the Content-Security-Policy, without a violation."""
+    seen = watch_csp(page)
+    yield
+    assert csp_violations(page, seen) == []
 
 
 def test_it_shows_a_jobs_output_while_it_runs(page, asgi_server, worker, repository, git_repo):

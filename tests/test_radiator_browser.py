@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 
 from pipeline.models import Build, Job, LogChunk, PullRequest, TestResult
 from pipeline.services.builds import request_build
+from tests.csp import csp_violations, watch_csp
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
 from tests.helpers import Gate, off_main_thread, wait_until
 
@@ -26,6 +27,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 SECONDS = 1000
 LIVE = 30 * SECONDS  # a real build through a real worker: generous, never slept through
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+@pytest.fixture(autouse=True)
+def _no_csp_violations(page):
+    """Every page here, live updates and all, runs under the Content-Security-Policy."""
+    seen = watch_csp(page)
+    yield
+    assert csp_violations(page, seen) == []
 
 
 def ask_for(repository, branch, user=None):
@@ -122,7 +131,7 @@ def test_it_turns_a_failing_build_red(radiator, worker, repository, git_repo):
     expect(card.locator(".rad-state")).to_have_css("background-color", "rgb(220, 38, 38)")
     expect(card.locator('.rad-job[data-job-name="bad"]')).to_have_css(
         "background-color", "rgb(220, 38, 38)")
-    expect(card.locator('[data-part="message"]')).to_have_text("failed: bad")
+    expect(card.locator('[data-part="message"]')).to_have_text("bad failed")
     expect(card.locator('[data-part="message"]')).to_be_visible()
     assert_not_reloaded(page)
 
@@ -180,12 +189,12 @@ CHECKS = ["lint", "unit", "integration", "smoke"]
 HISTORY = [
     ("master", "alice", 190, 192, "passed", "pppp", "all checks passed"),
     ("feature/search-filters", "bob", 150, 201, "passed", "pppp", "all checks passed"),
-    ("fix/timezone-offsets", "carol", 120, 143, "failed", "ppfp", "failed: integration"),
+    ("fix/timezone-offsets", "carol", 120, 143, "failed", "ppfp", "integration failed"),
     ("feature/payment-retry", "dave", 95, 75, "error", "ppep", "a job could not run"),
     ("chore/bump-django", "alice", 80, 31, "cancelled", "pccc", "cancelled"),
     ("master", "bob", 62, 188, "passed", "pppp", "all checks passed"),
     ("feature/checkout-redesign-with-a-long-branch-name", "erin", 45, 96, "failed", "pfpp",
-     "failed: unit"),
+     "unit failed"),
     ("feature/dark-mode", "frank", 31, 176, "passed", "pppp", "all checks passed"),
     ("hotfix/session-expiry", "carol", 18, 140, "passed", "pppp", "all checks passed"),
     ("fix/flaky-login-test", "dave", 4, None, "running", "prrq", ""),
@@ -408,7 +417,7 @@ def test_it_applies_events_in_place_and_never_goes_back(page, asgi_server):
     unit = running.jobs.get(name="unit")
     # Published after the build had failed too: the payload's build status moves the row.
     socket.send(event("job.status", running, "failed", job=unit, build_status="failed"))
-    socket.send(event("build.status", running, "failed", message="failed: unit"))
+    socket.send(event("build.status", running, "failed", message="unit failed"))
     socket.send(event("build.status", running, "running"))  # late again
     socket.send(event("job.status", older, "passed", job=None))  # not shown, and older
     other = Build.objects.get(repository=demo, branch="feature/api-rate-limits")
@@ -419,7 +428,7 @@ def test_it_applies_events_in_place_and_never_goes_back(page, asgi_server):
     expect_build(page, running, "failed", {"lint": "passed", "unit": "failed",
                                            "integration": "running", "smoke": "running"},
                  timeout=1000)
-    expect(card.locator('[data-part="message"]')).to_have_text("failed: unit")
+    expect(card.locator('[data-part="message"]')).to_have_text("unit failed")
     expect(card.locator('[data-part="build-icon"]')).to_have_attribute("href", "#rad-i-failed")
     expect(page.locator('[data-role="summary"]')).to_contain_text("1 running")
     assert fetched == [f"{asgi_server.url}/radiators/demo/snapshot.json"], (

@@ -1,6 +1,8 @@
 """Production settings refuse weak secrets and pass `check --deploy`; compose file sanity."""
 
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,49 @@ def test_it_passes_check_deploy_in_production(tmp_path):
                   env_extra={**PRODUCTION, "SECRET_KEY_FILE": str(secret)}, drop=("SECRET_KEY",))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "no issues" in proc.stdout
+
+
+STANDALONE_DROP = ("DATABASE_URL", "REDIS_URL", "TRAINYARD_ENV", "SECRET_KEY", "SECRET_KEY_FILE")
+DATABASE_FILES = ("trainyard.sqlite3", "trainyard.sqlite3-wal", "trainyard.sqlite3-shm")
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_it_keeps_a_new_standalone_database_private(tmp_path):
+    var = tmp_path / "var"
+    proc = manage("migrate", env_extra={"TRAINYARD_VAR_DIR": str(var)}, drop=STANDALONE_DROP)
+    assert proc.returncode == 0, proc.stderr
+    assert mode(var) == 0o700
+    assert mode(var / "trainyard.sqlite3") == 0o600
+    # SQLite gives the WAL the database's mode: open it as the server would and look.
+    with sqlite3.connect(var / "trainyard.sqlite3") as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE probe (x)")
+        for name in DATABASE_FILES:
+            assert mode(var / name) == 0o600, name
+
+
+def test_it_makes_an_earlier_versions_readable_database_private(tmp_path):
+    """var/ and the database as Trainyard left them before (0755, 0644): fixed on start."""
+    var = tmp_path / "var"
+    var.mkdir(mode=0o755)
+    var.chmod(0o755)
+    db = sqlite3.connect(var / "trainyard.sqlite3")  # kept open: its -wal and -shm stay
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE django_session (session_key)")
+    db.commit()
+    for name in DATABASE_FILES:
+        (var / name).chmod(0o644)
+    try:
+        proc = manage("check", env_extra={"TRAINYARD_VAR_DIR": str(var)}, drop=STANDALONE_DROP)
+        assert proc.returncode == 0, proc.stderr
+        assert mode(var) == 0o700
+        for name in DATABASE_FILES:
+            assert mode(var / name) == 0o600, name
+    finally:
+        db.close()
 
 
 def test_it_describes_every_production_process_in_compose_and_procfile():

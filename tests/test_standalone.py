@@ -127,3 +127,7 @@ def test_it_creates_the_admin_once_and_keeps_secrets_private(standalone):
     assert password in log
     for name in ("admin-credentials.txt", "api-token", "secret_key"):
         assert stat.S_IMODE((var / name).stat().st_mode) == 0o600, name
+    # The database holds session keys and token hashes; the running server keeps its WAL.
+    for name in ("trainyard.sqlite3", "trainyard.sqlite3-wal", "trainyard.sqlite3-shm"):
+        assert stat.S_IMODE((var / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(var.stat().st_mode) == 0o700

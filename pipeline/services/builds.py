@@ -221,7 +221,7 @@ def finish_build_if_done(build_id):
         outcome, message = Build.Status.ERROR, "a job could not run"
     elif Job.Status.FAILED in statuses:
         failed = build.jobs.filter(status=Job.Status.FAILED).values_list("name", flat=True)
-        outcome, message = Build.Status.FAILED, f"failed: {', '.join(failed)}"
+        outcome, message = Build.Status.FAILED, f"{', '.join(failed)} failed"  # shown after "failed"
     elif Job.Status.CANCELLED in statuses:
         outcome, message = Build.Status.CANCELLED, "cancelled"
     else:
