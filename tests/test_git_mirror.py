@@ -204,6 +204,7 @@ def test_it_keeps_credentials_out_of_git_errors(settings, stalled_remote):
     assert (git.redact("fatal: unable to access 'https://ci-bot:s3cret@example.com/x.git/'")
             == "fatal: unable to access 'https://***@example.com/x.git/'")
     assert git.redact("https://ghp_token@github.com/o/r.git") == "https://***@github.com/o/r.git"
+    assert git.redact("https://u:p@ss@host/o/r.git") == "https://***@host/o/r.git"
     assert git.redact("/srv/git/o/r.git and https://example.com/a@b") == (
         "/srv/git/o/r.git and https://example.com/a@b")
 

@@ -41,7 +41,8 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 # git check-ref-format's rules, plus: no leading '-' (it would read as an option).
 _BAD_REF = re.compile(r"(^[-./])|(\.\.)|(@\{)|([\x00-\x20\x7f~^:?*\[\\])|(//)|(/\.)|(\.lock(/|$))|([./]$)")
 MAX_REF_LENGTH = 200
-_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+# Up to the last `@` before the path: a password may hold a raw `@` itself.
+_CREDENTIALS = re.compile(r"//[^/\s]*@")
 # What `clone --mirror` writes; anything else in a mirror's config was put there later.
 _MIRROR_SETTINGS = re.compile(
     r"core\.(repositoryformatversion|filemode|bare|ignorecase|precomposeunicode|symlinks"
