@@ -223,7 +223,7 @@ def finish_build_if_done(build_id):
         failed = build.jobs.filter(status=Job.Status.FAILED).values_list("name", flat=True)
         outcome, message = Build.Status.FAILED, f"{', '.join(failed)} failed"  # shown after "failed"
     elif Job.Status.CANCELLED in statuses:
-        outcome, message = Build.Status.CANCELLED, "cancelled"
+        outcome, message = Build.Status.CANCELLED, "its jobs were cancelled"
     else:
         outcome, message = Build.Status.PASSED, "all checks passed"
     return end_build(build, outcome, message)
