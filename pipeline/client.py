@@ -62,8 +62,8 @@ def client_from(options, *, error_code=REFUSED):
     return Client(options["server"], options["token"] or default_token(), error_code=error_code)
 
 
-class ApiCommand(BaseCommand):
-    """A command that talks to a running Trainyard. From a terminal an error is printed as
+class CliCommand(BaseCommand):
+    """A Trainyard command line command. From a terminal an error is printed as
     the sentence alone (not `CommandError: …`) and the command exits with its code."""
 
     def execute(self, *args, **options):
@@ -122,3 +122,17 @@ def default_token():
         return os.environ["TRAINYARD_TOKEN"]
     path = Path(settings.VAR_DIR) / "api-token"
     return path.read_text().strip() if path.exists() else ""
+
+
+def confirm(question, *, assume_yes=False, stdin=None, stdout=None):
+    """True if the person said yes. Without a terminal to ask on, only `assume_yes` (the
+    command's --yes) says yes; anything else is a usage error, never a silent no."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if assume_yes:
+        return True
+    if not stdin.isatty():
+        raise CommandError(f"{question} Nobody can answer without a terminal: pass --yes",
+                           returncode=USAGE)
+    stdout.write(f"{question} [y/N] ")
+    stdout.flush()
+    return stdin.readline().strip().lower() in ("y", "yes")

@@ -9,13 +9,13 @@ import sys
 import time
 from urllib.parse import quote
 
-from pipeline.client import USAGE, ApiCommand, add_server_arguments, client_from, printable
+from pipeline.client import USAGE, CliCommand, add_server_arguments, client_from, printable
 
 EXIT_CODES = {"passed": 0, "failed": 1}
 ACTIVE = {"queued", "running"}
 
 
-class Command(ApiCommand):
+class Command(CliCommand):
     help = "Build a branch on a running Trainyard (!bb)."
 
     def add_arguments(self, parser):

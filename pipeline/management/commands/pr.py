@@ -4,10 +4,10 @@ Trainyard's API. Exit codes: 0 done, 1 refused or failed, 2 usage."""
 
 from urllib.parse import quote
 
-from pipeline.client import ApiCommand, add_server_arguments, client_from, printable, table
+from pipeline.client import CliCommand, add_server_arguments, client_from, printable, table
 
 
-class Command(ApiCommand):
+class Command(CliCommand):
     help = "Open, close or list pull requests on a running Trainyard."
 
     def add_arguments(self, parser):
