@@ -147,7 +147,7 @@ class NodeAdmin(admin.ModelAdmin):
 
     def host_key_view(self, request, node_id):
         """Show the key the node offers; pin it only when a person confirms."""
-        permissions.require(request.user, "manage_nodes")
+        permissions.require(request.user, "change_node")
         node = get_object_or_404(Node, pk=node_id)
         change_url = reverse("admin:nodes_node_change", args=[node.pk])
         if request.method == "POST":

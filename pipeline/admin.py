@@ -1,5 +1,8 @@
 from django import forms
 from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 
 from pipeline.models import ApiToken, Build, Commit, Event, Job, PullRequest, Repository, Variable
 
@@ -105,5 +108,28 @@ class EventAdmin(ReadOnlyStatusMixin, admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
+    """Adding a token generates its key, stores only the key's hash and shows the key once,
+    on the page that answers the add. Nobody can see it again, the admin included."""
+
     list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
-    readonly_fields = ["key_hash", "prefix", "created_at", "last_used_at"]
+    list_filter = ["user"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", "prefix", "created_at",
+                                                     "last_used_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["user", "prefix", "created_at", "last_used_at"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.raw_key = obj.set_new_key()  # an attribute of this object only, never saved
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta,
+                   "token": obj, "key": obj.raw_key, "title": f"API token {obj.name}",
+                   "changelist_url": reverse("admin:pipeline_apitoken_changelist")}
+        response = TemplateResponse(request, "admin/pipeline/apitoken/created.html", context)
+        add_never_cache_headers(response)  # the key must not stay in any cache
+        return response

@@ -368,11 +368,19 @@ class ApiToken(models.Model):
 
         return hashlib.sha256(raw.encode()).hexdigest()
 
-    @classmethod
-    def issue(cls, user, name):
-        """Create a token; the raw key is returned once and never stored."""
+    def set_new_key(self):
+        """Give the token a fresh random key: its hash and prefix are set, the raw key is
+        returned to be shown once and is never stored."""
         import secrets
 
         raw = "ty_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, key_hash=cls.hash(raw), prefix=raw[:8])
+        self.key_hash, self.prefix = self.hash(raw), raw[:8]
+        return raw
+
+    @classmethod
+    def issue(cls, user, name):
+        """Create a token; the raw key is returned once and never stored."""
+        token = cls(user=user, name=name)
+        raw = token.set_new_key()
+        token.save()
         return token, raw

@@ -11,7 +11,12 @@ ACTIONS = {
     "build": "pipeline.add_build",
     "open_pull_request": "pipeline.add_pullrequest",
     "close_pull_request": "pipeline.change_pullrequest",
-    "manage_nodes": "nodes.change_node",  # pin host keys, enable, disable, drain
+    "add_repository": "pipeline.add_repository",
+    "remove_repository": "pipeline.delete_repository",
+    "view_nodes": "nodes.view_node",
+    "add_node": "nodes.add_node",
+    "change_node": "nodes.change_node",  # enable, disable, drain, undrain, pin a host key
+    "remove_node": "nodes.delete_node",
 }
 
 

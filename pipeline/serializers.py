@@ -56,3 +56,48 @@ def pull_to_dict(pr):
                          "deploy_url": build.deploy_url} if build else None,
         "url": pr.get_absolute_url(),
     }
+
+
+def repository_to_dict(repository):
+    from pipeline.services.git import redact
+
+    return {
+        "name": repository.name,
+        # Credentials in a clone URL never leave the server.
+        "clone_url": redact(repository.clone_url),
+        "default_branch": repository.default_branch,
+        "spec_path": repository.spec_path,
+        "provider": repository.provider,
+        "nodes": [node.name for node in repository.nodes.all()],
+        "url": repository.get_absolute_url(),
+    }
+
+
+def node_to_dict(node):
+    from nodes.services.pool import pinned_fingerprint
+
+    lease = getattr(node, "lease", None)
+    return {
+        "name": node.name,
+        "environment": node.environment,
+        "repository": node.repository.name if node.repository_id else None,
+        "pool": node.repository.name if node.repository_id else "shared",
+        "transport": node.transport,
+        "host": node.host,
+        "ssh_port": node.ssh_port,
+        "user": node.user,
+        "app_port": node.app_port,
+        "base_path": node.base_path,
+        "enabled": node.enabled,
+        "draining": node.draining,
+        "off_cycle": node.off_cycle,
+        "health": node.health,
+        "health_message": node.health_message,
+        "last_health_check": _time(node.last_health_check),
+        "current_sha": node.current_sha,
+        "current_branch": node.current_branch,
+        "serving": {"repository": lease.repository.name, "branch": lease.branch} if lease else None,
+        "held_by_build": node.held_by_id,
+        "host_key_fingerprint": pinned_fingerprint(node),
+        "url": node.url,
+    }

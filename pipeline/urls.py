@@ -15,13 +15,22 @@ pipeline_patterns = [
     path("repos/<slug:name>/pulls/<int:number>/", views.pull_request, name="pull_request"),
     path("repos/<slug:name>/pulls/<int:number>/close", views.close_pull_request,
          name="close_pull_request"),
-    path("api/repos/<slug:repository>/pulls", api.pull_collection, name="api_pulls"),
-    path("api/repos/<slug:repository>/pulls/<int:number>/close", api.pull_close,
+    # API names are <str:…>, not <slug:…>: a name that is no slug still gets a JSON answer
+    # naming what exists, not Django's HTML 404.
+    path("api/repos", api.repository_collection, name="api_repos"),
+    path("api/repos/<str:name>", api.repository_detail, name="api_repo"),
+    path("api/repos/<str:repository>/pulls", api.pull_collection, name="api_pulls"),
+    path("api/repos/<str:repository>/pulls/<int:number>/close", api.pull_close,
          name="api_pull_close"),
-    path("api/repos/<slug:repository>/builds", api.build_collection, name="api_builds"),
-    path("api/repos/<slug:repository>/commands", api.command, name="api_command"),
+    path("api/repos/<str:repository>/builds", api.build_collection, name="api_builds"),
+    path("api/repos/<str:repository>/commands", api.command, name="api_command"),
     path("api/builds/<int:build_id>", api.build_detail, name="api_build"),
     path("api/jobs/<int:job_id>/log", api.job_log, name="api_job_log"),
+    path("api/nodes", api.node_collection, name="api_nodes"),
+    path("api/nodes/<str:name>", api.node_detail, name="api_node"),
+    path("api/nodes/<str:name>/host-key", api.node_host_key, name="api_node_host_key"),
+    path("api/nodes/<str:name>/<str:action>", api.node_action, name="api_node_action"),
+    path("api/<path:rest>", api.not_found),
 ]
 
 urlpatterns = [

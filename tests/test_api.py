@@ -179,3 +179,78 @@ def test_it_answers_503_and_leaves_nothing_half_made_when_the_broker_is_away(
     again = post_json(client, "/api/repos/app/builds", {"branch": "master"},
                       HTTP_AUTHORIZATION=f"Bearer {token}")
     assert again.status_code == 201
+
+
+# Hostile bodies ------------------------------------------------------------------------
+
+NESTED = b'{"branch": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # under the 64 KiB limit
+
+
+def test_it_answers_a_deeply_nested_body_with_a_clear_400(client, repository, token):
+    client.raise_request_exception = False  # a 500 must show as a 500, not as the exception
+    for url in ("/api/repos/app/pulls", "/api/repos/app/builds", "/api/repos/app/commands"):
+        response = client.post(url, data=NESTED, content_type="application/json",
+                               HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert response.status_code == 400, (url, response.status_code)
+        assert "nested more than" in response.json()["error"]
+
+
+def test_it_refuses_anonymous_and_unpermitted_bodies_before_reading_them(client, repository, viewer,
+                                                                          monkeypatch):
+    from pipeline import api
+
+    def read_anyway(request):
+        raise AssertionError("the body was read before the caller was authorised")
+
+    monkeypatch.setattr(api, "_json_body", read_anyway)
+    client.raise_request_exception = False
+    anonymous = client.post("/api/repos/app/pulls", data=NESTED, content_type="application/json")
+    assert anonymous.status_code == 401
+    assert "API token" in anonymous.json()["error"]
+    raw = ApiToken.issue(viewer, "viewer")[1]
+    unpermitted = client.post("/api/repos/app/pulls", data=NESTED, content_type="application/json",
+                              HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert unpermitted.status_code == 403 and "may not open_pull_request" in unpermitted.json()["error"]
+
+
+def test_it_refuses_a_body_over_the_limit_without_reading_it(client, repository, token):
+    response = client.post("/api/repos/app/builds", data=b" " * (65 * 1024),
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 413 and "64 KiB" in response.json()["error"]
+
+
+def test_unknown_things_are_named_with_what_exists(client, repository, token):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+    missing = post_json(client, "/api/repos/nosuchrepo/builds", {"branch": "master"}, **auth)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "no repository named 'nosuchrepo'; known: app"
+    odd = client.get("/api/repos/no such repo/pulls", **auth)
+    assert odd.status_code == 404 and "no repository named 'no such repo'" in odd.json()["error"]
+    pull = post_json(client, "/api/repos/app/pulls/99/close", {}, **auth)
+    assert pull.status_code == 404
+    assert pull.json()["error"] == "no pull request #99 in app; it has no open pull requests"
+    nowhere = client.get("/api/nothing-here", **auth)
+    assert nowhere.status_code == 404 and "no API endpoint" in nowhere.json()["error"]
+
+
+# Tokens in the admin -------------------------------------------------------------------
+
+def test_it_creates_a_token_in_the_admin_and_shows_its_key_once(admin_client, admin_user, client,
+                                                                  repository):
+    import re
+
+    keys = []
+    for name in ("laptop", "ci"):  # the second one used to be a 500 (two empty hashes)
+        response = admin_client.post("/admin/pipeline/apitoken/add/",
+                                     {"user": admin_user.pk, "name": name})
+        assert response.status_code == 200, response.status_code
+        page = response.content.decode()
+        assert "shown once" in page
+        keys.append(re.search(r"ty_[A-Za-z0-9_-]{40,}", page).group(0))
+    assert keys[0] != keys[1]
+    for key in keys:
+        stored = ApiToken.objects.get(key_hash=ApiToken.hash(key))
+        assert key not in (stored.key_hash, stored.prefix) and key.startswith(stored.prefix)
+        assert client.get("/api/repos/app/builds", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    change = admin_client.get(f"/admin/pipeline/apitoken/{stored.pk}/change/").content.decode()
+    assert keys[1] not in change and stored.key_hash not in change

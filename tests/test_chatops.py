@@ -45,3 +45,24 @@ def test_anonymous_and_inactive_users_may_do_nothing(developer):
     assert not permissions.can(developer, "build")
     with pytest.raises(ValueError):
         permissions.can(developer, "launch-missiles")
+
+
+@pytest.mark.django_db
+def test_every_action_names_a_permission_that_exists():
+    from django.contrib.auth.models import Permission
+
+    for action, name in permissions.ACTIONS.items():
+        app_label, codename = name.split(".")
+        assert Permission.objects.filter(content_type__app_label=app_label,
+                                         codename=codename).exists(), action
+
+
+@pytest.mark.django_db
+def test_running_the_pool_needs_its_own_permissions(developer):
+    from tests.factories import UserFactory
+
+    for action in ("add_repository", "remove_repository", "view_nodes", "add_node",
+                   "change_node", "remove_node"):
+        assert not permissions.can(developer, action)
+    ops = UserFactory(username="ops", perms=["nodes.change_node"])
+    assert permissions.can(ops, "change_node") and not permissions.can(ops, "remove_node")

@@ -61,7 +61,7 @@ def test_it_opens_lists_and_closes_from_the_command_line(live_server, repository
     common = ["--server", live_server.url, "--token", token]
     out = io.StringIO()
     call_command("pr", "open", "app", "feature/x", "--title", "Add x", *common, stdout=out)
-    assert "#1 open   feature/x  not good to merge  Add x" in out.getvalue()
+    assert "#1  open  feature/x  not good to merge  Add x" in out.getvalue()
     out = io.StringIO()
     call_command("pr", "list", "app", *common, stdout=out)
     assert "#1" in out.getvalue()

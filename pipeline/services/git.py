@@ -353,3 +353,18 @@ def resolve_branch_cached(repository, branch):
     if proc.returncode != 0:
         raise InvalidRef(f"branch {branch!r} does not exist in {repository.name}")
     return proc.stdout.decode().strip()
+
+
+def remote_branches(url, *, timeout=None):
+    """The branch names at `url`, read with `git ls-remote` (nothing is cloned or kept).
+
+    For registering a repository: proves git can read the URL within `timeout` seconds
+    (GIT_REQUEST_TIMEOUT by default). Raises GitError with git's own reason, credentials
+    hidden.
+    """
+    timeout = timeout or settings.TRAINYARD["GIT_REQUEST_TIMEOUT"]
+    # cwd "/": outside any repository, whose config (insteadOf, hooks) could change the URL.
+    proc = run_git(["ls-remote", "--heads", "--upload-pack=git-upload-pack", "--", url],
+                   cwd="/", timeout=timeout, options=_network_options(timeout))
+    lines = proc.stdout.decode("utf-8", "replace").splitlines()
+    return [line.split("\trefs/heads/", 1)[1] for line in lines if "\trefs/heads/" in line]

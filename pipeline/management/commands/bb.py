@@ -9,15 +9,13 @@ import sys
 import time
 from urllib.parse import quote
 
-from django.core.management.base import BaseCommand
-
-from pipeline.client import add_server_arguments, client_from
+from pipeline.client import USAGE, CliCommand, add_server_arguments, client_from, printable
 
 EXIT_CODES = {"passed": 0, "failed": 1}
 ACTIVE = {"queued", "running"}
 
 
-class Command(BaseCommand):
+class Command(CliCommand):
     help = "Build a branch on a running Trainyard (!bb)."
 
     def add_arguments(self, parser):
@@ -29,18 +27,19 @@ class Command(BaseCommand):
                             help="seconds between status checks with --wait (default 0.5)")
 
     def handle(self, *args, **options):
-        client = client_from(options)
+        # 1 is "the build failed": anything that stops bb from getting a verdict is 2.
+        client = client_from(options, error_code=USAGE)
         reply = client.request("POST", f"/api/repos/{quote(options['repository'], safe='')}/builds",
                                {"branch": options["branch"]})
         build = reply["build"]
-        self.stdout.write(reply["message"])
-        self.stdout.write(f"{client.server}{build['url']}")
+        self.stdout.write(printable(reply["message"]))
+        self.stdout.write(printable(f"{client.server}{build['url']}"))
         if not options["wait"]:
             return
         build = self._follow(client, build, options["poll"])
-        self.stdout.write(f"build #{build['id']} {build['status']}: {build['message']}")
+        self.stdout.write(printable(f"build #{build['id']} {build['status']}: {build['message']}"))
         if build.get("deploy_url"):
-            self.stdout.write(f"running at {build['deploy_url']}")
+            self.stdout.write(printable(f"running at {build['deploy_url']}"))
         code = EXIT_CODES.get(build["status"], 2)
         if code:
             sys.stdout.flush()
@@ -54,9 +53,8 @@ class Command(BaseCommand):
                 if seen.get(job["name"]) != state:
                     seen[job["name"]] = state
                     detail = f"  {job['message']}" if job["message"] else ""
-                    self.stdout.write(f"  {job['name']:<14} {job['status']}{detail}")
+                    self.stdout.write(printable(f"  {job['name']:<14} {job['status']}{detail}"))
             if build["status"] not in ACTIVE:
                 return build
             time.sleep(poll)
             build = client.request("GET", f"/api/builds/{build['id']}")
-

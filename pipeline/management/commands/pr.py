@@ -1,14 +1,13 @@
-"""`manage.py pr open REPO BRANCH [--title T]`, `pr close REPO NUMBER`, `pr list REPO`:
-pull requests for the local git provider, through a running Trainyard's API."""
+"""`manage.py pr open REPO BRANCH [--title T]`, `pr close REPO NUMBER`,
+`pr list REPO [--all]`: pull requests for the local git provider, through a running
+Trainyard's API. Exit codes: 0 done, 1 refused or failed, 2 usage."""
 
 from urllib.parse import quote
 
-from django.core.management.base import BaseCommand
-
-from pipeline.client import add_server_arguments, client_from
+from pipeline.client import CliCommand, add_server_arguments, client_from, printable, table
 
 
-class Command(BaseCommand):
+class Command(CliCommand):
     help = "Open, close or list pull requests on a running Trainyard."
 
     def add_arguments(self, parser):
@@ -22,6 +21,8 @@ class Command(BaseCommand):
         closed.add_argument("number", type=int)
         listed = sub.add_parser("list", help="open pull requests and whether they are good to merge")
         listed.add_argument("repository")
+        listed.add_argument("--all", action="store_true",
+                            help="merged and closed ones too (most recent first)")
         for each in (opened, closed, listed):
             add_server_arguments(each)
 
@@ -34,11 +35,18 @@ class Command(BaseCommand):
         elif options["action"] == "close":
             pr = client.request("POST", f"/api/repos/{repo}/pulls/{options['number']}/close", {})
         else:
-            for pr in client.request("GET", f"/api/repos/{repo}/pulls")["pull_requests"]:
-                self._show(pr)
+            state = "all" if options["all"] else "open"
+            pulls = client.request("GET", f"/api/repos/{repo}/pulls?state={state}")["pull_requests"]
+            if not pulls:
+                self.stdout.write(f"no {'' if options['all'] else 'open '}pull requests in "
+                                  f"{printable(options['repository'])}")
+                return
+            for line in table(["#", "STATE", "BRANCH", "VERDICT", "TITLE"], map(self._row, pulls)):
+                self.stdout.write(line)
             return
-        self._show(pr)
+        self.stdout.write("  ".join(printable(cell) for cell in self._row(pr)))
 
-    def _show(self, pr):
+    @staticmethod
+    def _row(pr):
         verdict = "good to merge" if pr["good_to_merge"] else "not good to merge"
-        self.stdout.write(f"#{pr['number']} {pr['state']:<6} {pr['branch']}  {verdict}  {pr['title']}")
+        return [f"#{pr['number']}", pr["state"], pr["branch"], verdict, pr["title"]]
