@@ -157,7 +157,6 @@ class NodeAdmin(admin.ModelAdmin):
                 self.message_user(request, "That confirmation expired or was altered: fetch again.",
                                   messages.ERROR)
                 return redirect(request.path)
-            health.check_soon(node)  # it was refused until now: know at once, not in 30 s
             self.message_user(request, f"Host key pinned for {node.name}; checking it now.")
             return redirect(change_url)
         context = {**self.admin_site.each_context(request), "node": node, "opts": self.model._meta,

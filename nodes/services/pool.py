@@ -173,14 +173,12 @@ def remove_node(node, *, actor=None):
 
 
 def _check_after_commit(node):
-    from nodes.services.health import check_node
+    """Registration through the API or the command line checks the node in the request,
+    once committed, so the answer can say how it is; a usable node also gives waiting
+    deploys another try (`check_node_by_id`)."""
+    from nodes.services.health import check_node_by_id
 
-    def check(pk):
-        fresh = Node.objects.filter(pk=pk).first()
-        if fresh is not None:
-            check_node(fresh)
-
-    transaction.on_commit(partial(check, node.pk), robust=True)
+    transaction.on_commit(partial(check_node_by_id, node.pk), robust=True)
 
 
 def _repository(name):
