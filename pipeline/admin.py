@@ -5,6 +5,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
 from pipeline.models import ApiToken, Build, Commit, Event, Job, PullRequest, Repository, Variable
+from pipeline.services.git import redact
 
 
 class VariableForm(forms.ModelForm):
@@ -40,9 +41,14 @@ class VariableInline(admin.TabularInline):
 
 @admin.register(Repository)
 class RepositoryAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider", "default_branch", "clone_url", "lgtms_required"]
+    list_display = ["name", "provider", "default_branch", "clone_url_shown", "lgtms_required"]
     search_fields = ["name"]
     inlines = [VariableInline]
+
+    @admin.display(description="clone URL")
+    def clone_url_shown(self, repository):
+        # Lists are read over shoulders and in screenshots; the form still has the real URL.
+        return redact(repository.clone_url)
 
 
 @admin.register(Commit)

@@ -60,6 +60,13 @@ def test_it_shows_no_clone_url_credentials_to_the_team_either(client, private_re
         assert TOKEN not in client.get(url).content.decode(), url
 
 
+def test_the_admin_list_and_the_api_hide_them_too(client, private_repo, admin_user):
+    client.force_login(admin_user)
+    for url in ("/admin/pipeline/repository/", "/api/repos", "/api/repos/private"):
+        page = client.get(url).content.decode()
+        assert TOKEN not in page and "***@github.example/team/app.git" in page, url
+
+
 @pytest.mark.parametrize(("url", "shown"), [
     (CLONE_URL, "https://***@github.example/team/app.git"),
     (f"https://{TOKEN}@github.example/app.git", "https://***@github.example/app.git"),
