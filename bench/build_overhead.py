@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -185,10 +186,13 @@ def branches_for(count):
 
 
 def stop_app(base, port):
-    stop = Path(base) / "current" / "bin" / "stop"
-    if stop.exists():
-        env = {"PATH": SANDBOX_PATH, "PORT": str(port), "APP_STATE_DIR": f"{base}/shared/state"}
-        subprocess.run([str(stop)], env=env, capture_output=True, timeout=30)
+    """The demo runs as a `deploy.run` process, the leader of its own process group, its pid
+    in shared/trainyard/app.pid (Trainyard's, and the bare script's copy of it)."""
+    pid_file = Path(base) / "shared" / "trainyard" / "app.pid"
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
 
 
 # Trainyard ----------------------------------------------------------------------------------
@@ -387,7 +391,7 @@ class Bare:
         _run(command.argv, cwd=self._src(work), env=self._env(work / "home", command, **extra))
 
     def _deploy(self, base, port, sha, work):
-        """git archive, unpack, install, switch `current`, start, poll health."""
+        """git archive, unpack, install, switch `current`, stop and run the app, poll health."""
         release, archive = base / "releases" / sha, work / f"{sha}.tar.gz"
         git("archive", "--format=tar.gz", "-o", str(archive), sha, cwd=self.origin)
         release.mkdir(parents=True)
@@ -404,9 +408,16 @@ class Bare:
         link.unlink(missing_ok=True)
         link.symlink_to(f"releases/{sha}")
         link.replace(base / "current")
-        _run(self.spec.deploy["start"].argv, cwd=base / "current", env=env)
-        url = self.spec.deploy["health"].replace("{host}", "127.0.0.1").replace("{port}", str(port))
-        _wait_healthy(url)
+        stop_app(base, port)  # the previous release's process, as Trainyard stops it
+        state = base / "shared" / "trainyard"
+        state.mkdir(parents=True, exist_ok=True)
+        with open(state / "app.log", "ab") as log:
+            app = subprocess.Popen(self.spec.deploy["run"].argv, cwd=base / "current", env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+        (state / "app.pid").write_text(f"{app.pid}\n")
+        url = self.spec.deploy["health"]["url"].replace("{host}", "127.0.0.1")
+        _wait_healthy(url.replace("{port}", str(port)))
 
     def stop_apps(self):
         for base, port in self.nodes:

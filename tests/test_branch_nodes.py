@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from nodes.deploy import stop_app
 from nodes.models import Deployment, Node, NodeLease
 from nodes.services.allocation import allocate_node, release_node
 from nodes.services.health import check_node
+from nodes.transports import LocalTransport
 from pipeline.demo import create_demo_repository
 from pipeline.models import Build, Event, Job, PullRequest
 from pipeline.services.builds import end_build, request_build
@@ -36,13 +38,10 @@ def demo(db, tmp_path):
 
 
 def stop_apps(nodes):
-    """The demo app runs detached on each node it was deployed to: stop it."""
+    """The demo app runs detached (`deploy.run`) on each node it was deployed to: stop it."""
     for node in nodes:
-        stop = Path(node.base_path) / "current" / "bin" / "stop"
-        if stop.exists():
-            env = {**os.environ, "PORT": str(node.app_port),
-                   "APP_STATE_DIR": f"{node.base_path}/shared/state"}
-            subprocess.run([str(stop)], env=env, capture_output=True, timeout=30)
+        if (Path(node.base_path) / "shared" / "trainyard" / "app.pid").exists():
+            stop_app(LocalTransport(), node.base_path, stop_timeout=1)
 
 
 @pytest.fixture

@@ -1,15 +1,14 @@
-"""The demo app Trainyard deploys: its own suites, its git repository and its bin/ scripts.
+"""The demo app Trainyard deploys: its own suites, its git repository, and its deploy
+section run by Trainyard's deploy protocol.
 
 No database needed: everything runs in subprocesses and temporary folders.
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo import DEMO_APP_DIR, DEMO_BRANCHES, EXCLUDED, create_demo_repository
+from nodes.deploy import DeploySteps, deploy_release, make_archive, stop_app
+from nodes.transports import LocalTransport
+from pipeline.demo import DEMO_APP_DIR, DEMO_BRANCHES, create_demo_repository
+from pipeline.spec import SpecLimits, parse_spec
 
 SUITES = ("unit", "integration", "smoke", "acceptance")
-SHA = "0123456789abcdef0123456789abcdef01234567"
-OTHER_SHA = "89abcdef0123456789abcdef0123456789abcdef"
-DEADLINE = 15.0
 # Requests to the app under test must not go through a proxy set in the environment.
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Inherited values would change what the demo app's suites and scripts do.
@@ -32,7 +31,7 @@ SCRUBBED = ("DJANGO_SETTINGS_MODULE", "PYTEST_ADDOPTS", "TARGET_URL", "APP_SHA",
 
 def demo_env(**extra):
     env = {key: value for key, value in os.environ.items() if key not in SCRUBBED}
-    # As in Trainyard: the venv's bin first on PATH, so bin/start's `python3` is ours.
+    # As in Trainyard: the venv's bin first on PATH, so the spec's `python3` is ours.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
@@ -56,15 +55,6 @@ def git(repo, *args):
     result = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
                             text=True)
     return result.stdout.strip()
-
-
-def wait_for(predicate, timeout=DEADLINE):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def get(url):
@@ -129,9 +119,9 @@ def test_it_creates_the_demo_branches(demo_repo):
 
 def test_it_leaves_build_artefacts_out_of_the_repository(demo_repo):
     files = git(demo_repo, "ls-files").split()
-    assert "trainyard.yml" in files and "bin/start" in files
+    assert "trainyard.yml" in files and "bin/drain" in files
     assert not [f for f in files if "__pycache__" in f or f.startswith(("reports/", "run/"))]
-    assert git(demo_repo, "ls-files", "-s", "bin/start").startswith("100755")
+    assert git(demo_repo, "ls-files", "-s", "bin/drain").startswith("100755")
 
 
 def test_it_keeps_an_existing_demo_repository(demo_repo):
@@ -149,7 +139,8 @@ def test_it_refuses_to_overwrite_another_folder(tmp_path):
 def test_it_has_a_trainyard_spec_on_master(demo_repo):
     spec = yaml.safe_load(git(demo_repo, "show", "master:trainyard.yml"))
     assert {"lint", "unit", "integration"} <= set(spec["checks"])
-    assert spec["deploy"]["start"] == "bin/start"
+    assert spec["deploy"]["run"] == "python3 -m demo_app.server"
+    assert spec["deploy"]["health"] == {"url": "http://{host}:{port}/health", "expect": "{sha}"}
     assert spec["environments"] == ["staging", "preview", "preprod"]
 
 
@@ -165,34 +156,40 @@ def test_it_makes_feature_branches_pass_or_fail(demo_repo, tmp_path, branch, uni
     assert lint.returncode == 0, output(lint)
 
 
-def test_it_starts_restarts_drains_and_stops_the_app(tmp_path):
-    app = tmp_path / "app"
-    shutil.copytree(DEMO_APP_DIR, app, ignore=shutil.ignore_patterns(*EXCLUDED))
-    port = free_port()
-    env = demo_env(PORT=str(port), APP_STATE_DIR=str(tmp_path / "state"), APP_SHA=SHA)
-    base, pid_file, pids = f"http://127.0.0.1:{port}", tmp_path / "state" / "app.pid", []
+def test_trainyard_runs_restarts_and_stops_the_demo_with_its_own_spec(demo_repo, tmp_path):
+    """The demo's `deploy:` as Trainyard runs it on a local node: `run` keeps the server
+    up, a new release replaces it, health proves the SHA, `drain` makes health 503."""
+    spec = parse_spec(git(demo_repo, "show", "master:trainyard.yml"), SpecLimits())
+    steps = DeploySteps.from_spec(spec.deploy)
+    port, base, state = free_port(), tmp_path / "node", tmp_path / "node" / "shared" / "state"
+    env = demo_env(HOST="127.0.0.1", PORT=str(port), APP_STATE_DIR=str(state))
+    transport, pids = LocalTransport(), []
+
+    def deploy(branch):
+        sha = git(demo_repo, "rev-parse", branch)
+        archive, checksum = make_archive(demo_repo, sha, tmp_path / "archives")
+        result = deploy_release(transport, base, sha, archive, checksum, steps, env=env,
+                                host="127.0.0.1", port=port)
+        assert result.ok, result.message
+        pids.append(int((base / "shared" / "trainyard" / "app.pid").read_text()))
+        assert result.live.startswith(f"live: pid {pids[-1]}, started by Trainyard for {sha}")
+        return sha
+
     try:
-        started = run([str(app / "bin" / "start")], app, env)
-        assert started.returncode == 0, output(started)
-        pids.append(int(pid_file.read_text()))
-        assert get(f"{base}/version") == (200, SHA)
+        first = deploy("master")
+        assert get(f"http://127.0.0.1:{port}/version") == (200, first)
+        second = deploy("feature/hello")
+        assert not alive(pids[0]) and alive(pids[1])
+        assert get(f"http://127.0.0.1:{port}/health") == (200, f'{{"status": "ok", "sha": "{second}"}}')
 
-        # Restart: the SHA now comes from the REVISION file Trainyard writes.
-        (app / "REVISION").write_text(f"{OTHER_SHA}\n")
-        env.pop("APP_SHA")
-        restarted = run([str(app / "bin" / "start")], app, env)
-        assert restarted.returncode == 0, output(restarted)
-        pids.append(int(pid_file.read_text()))
-        assert pids[1] != pids[0] and not alive(pids[0])
-        assert get(f"{base}/version") == (200, OTHER_SHA)
+        drained = run([str(base / "current" / "bin" / "drain")], base / "current", env)
+        assert drained.returncode == 0, output(drained)
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 503
 
-        assert run([str(app / "bin" / "drain")], app, env).returncode == 0
-        assert wait_for(lambda: get(f"{base}/health") == (503, '{"status": "draining"}'))
-
-        assert run([str(app / "bin" / "stop")], app, env).returncode == 0
-        assert wait_for(lambda: not alive(pids[1]))
-        assert not pid_file.exists()
-        assert get(f"{base}/health") == (None, "")
+        deploy("feature/hello")  # the same SHA again: restarted, and taking traffic again
+        assert not alive(pids[1]) and get(f"http://127.0.0.1:{port}/health")[0] == 200
+        stop_app(transport, base)
+        assert not alive(pids[2]) and get(f"http://127.0.0.1:{port}/health") == (None, "")
     finally:
-        run([str(app / "bin" / "stop")], app, env)
+        stop_app(transport, base, stop_timeout=1)
         kill_leftovers(pids)

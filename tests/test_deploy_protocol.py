@@ -77,7 +77,9 @@ def archives(app, tmp_path):
 # Nodes -------------------------------------------------------------------------------------
 
 class HealthServer:
-    """The app's /health, served from the test: 200 unless the started SHA is unhealthy."""
+    """The app's /health, served from the test: 200 unless the started SHA is unhealthy;
+    the body is the started SHA (health `expect`s it: this process holds the port for
+    every release, so nothing else could prove which release answers)."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
@@ -91,6 +93,7 @@ class HealthServer:
                 ok = self.path == "/health" and sha and sha not in outer.unhealthy
                 self.send_response(200 if ok else 500)
                 self.end_headers()
+                self.wfile.write(sha.encode())
 
             def log_message(self, *args):
                 pass
@@ -118,7 +121,7 @@ class Target:
 
     def steps(self, **overrides):
         values = {"install": INSTALL, "start": START_ARGV, "health": "http://{host}:{port}/health",
-                  "health_timeout": 5, **overrides}
+                  "health_expect": "{sha}", "health_timeout": 5, **overrides}
         return DeploySteps(**values)
 
     def current(self):
@@ -203,6 +206,27 @@ def test_it_deploys_a_release(target, app, archives):
     assert current_release(target.transport, target.base) == sha
     if isinstance(target.transport, SSHTransport):
         assert target.transport.connections == 1  # every command and the upload: one connection
+
+
+def test_it_logs_the_inspect_and_verify_steps_as_they_ran(target, app, archives):
+    """Each `$` line is a command that ran as shown; what it printed is labelled."""
+    first, second = app.good[:2]
+    assert deploy(target, archives, first).ok
+    lines = []
+    result = deploy(target, archives, second, lines=lines)
+    assert result.ok, result.message
+    base = target.base
+    inspect = lines[lines.index("--> inspect") + 1:lines.index("--> prepare")]
+    assert inspect[0].startswith("$ sh -c 'releases=$1; shift;")
+    assert inspect[0].endswith(f"' sh {base}/releases {base}/current {base}/previous")
+    assert inspect[1:] == [f"current -> releases/{first}", "previous: no link",
+                           f"releases on the node, newest first: {first}"]
+    verify = lines[lines.index("--> verify") + 1:lines.index("--> unpack")]
+    _, checksum = archives(second)
+    assert verify[0].startswith("$ sh -c '<sha256sum $1, then mv $1 $3 if the digest is $2>' sh ")
+    assert verify[1:] == [f"sha256 on the node: {checksum}",
+                          f"as expected: renamed to {base}/releases/{second}.tar.gz"]
+    assert not [line for line in lines if line.startswith(("$ readlink", "$ ls", "$ sha256sum"))]
 
 
 def test_it_rolls_back_to_the_previous_release(target, app, archives):

@@ -207,7 +207,7 @@ def test_after_a_worker_dies_mid_deploy_the_node_serves_the_next_deploy(demo, lo
         assert "already current: restarting" in redeploy.log
         assert os.readlink(base / "previous") == f"releases/{old_sha}"
     else:
-        assert (base / "releases" / job.build.sha / "bin" / "start").exists()
+        assert (base / "releases" / job.build.sha / "bin" / "drain").exists()
 
 
 def held_and_stuck(node):

@@ -1,8 +1,10 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from nodes.deploy import DeploySteps
 from pipeline.spec import Command, Spec, SpecError, SpecLimits, parse_spec
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo-app" / "trainyard.yml"
@@ -13,8 +15,10 @@ def test_it_parses_the_demo_apps_spec():
     assert list(spec.checks) == ["lint", "unit", "integration"]
     assert spec.checks["lint"].argv == [".venv/bin/python", "-m", "ruff", "check", "."]
     assert spec.checks["unit"].junit == "reports/unit.xml"
-    assert spec.deploy["health"] == "http://{host}:{port}/health"
-    assert spec.deploy["start"].argv == ["bin/start"]
+    assert spec.deploy["health"] == {"url": "http://{host}:{port}/health", "expect": "{sha}",
+                                     "timeout": None}
+    assert spec.deploy["run"].argv == ["python3", "-m", "demo_app.server"]
+    assert "start" not in spec.deploy
     assert spec.smoke.argv[:3] == [".venv/bin/python", "-m", "pytest"]
     assert spec.environments == ["staging", "preview", "preprod"]
     assert spec.train_schedule == "0 * * * *"
@@ -59,6 +63,7 @@ def test_it_loads_a_spec_stored_before_setup_cache_and_env():
     assert spec.checks["unit"] == Command(argv=["pytest"], timeout=30, env={})
     assert (spec.setup, spec.cache, spec.env) == ([], None, {})
     assert spec.deploy["start"].argv == ["bin/start"]
+    assert spec.deploy["health"] == {"url": "http://{host}:{port}/", "expect": "", "timeout": None}
     # What deploys pass for the deploy section alone.
     assert Spec.from_dict({"checks": {}, "deploy": stored["deploy"]}).deploy == spec.deploy
 
@@ -239,3 +244,95 @@ def test_it_bounds_env_entries_and_values():
     with pytest.raises(SpecError, match="longer than 10 bytes") as caught:
         parse_spec("checks:\n  x: {run: y, env: {A: 'é123456789'}}\n", limits)
     assert (caught.value.key, caught.value.line) == ("checks.x.env.A", 2)
+
+
+# deploy ----------------------------------------------------------------------------------
+
+DEPLOY_SPEC = """\
+checks: {x: y}
+deploy:
+  install: [pip, install, -r, requirements.txt]
+  run: waitress-serve --host $HOST --port $PORT app:app
+  stop_timeout: 20
+  drain: bin/drain
+  drain_check: {run: bin/drained, timeout: 5}
+  drain_timeout: 90
+  health: {url: "http://{host}:{port}/version", expect: "{sha}", timeout: 30}
+"""
+
+
+def test_it_reads_every_deploy_key():
+    spec = parse_spec(DEPLOY_SPEC)
+    deploy = spec.deploy
+    assert deploy["run"].argv == ["waitress-serve", "--host", "$HOST", "--port", "$PORT", "app:app"]
+    assert (deploy["stop_timeout"], deploy["drain_timeout"]) == (20, 90)
+    assert deploy["drain_check"] == Command(argv=["bin/drained"], timeout=5)
+    assert deploy["health"] == {"url": "http://{host}:{port}/version", "expect": "{sha}",
+                                "timeout": 30}
+    stored = json.loads(json.dumps(spec.to_dict()))
+    assert Spec.from_dict(stored) == spec
+    steps = DeploySteps.from_spec(Spec.from_dict({"checks": {}, "deploy": stored["deploy"]}).deploy)
+    assert steps.run == deploy["run"].argv and steps.start is None
+    assert (steps.stop_timeout, steps.health_timeout) == (20, 30)
+    assert (steps.health, steps.health_expect) == ("http://{host}:{port}/version", "{sha}")
+    assert (steps.drain, steps.drain_check, steps.drain_timeout) == (["bin/drain"], ["bin/drained"], 90)
+
+
+def test_it_reads_start_and_stop_and_a_plain_health_url():
+    spec = parse_spec("checks: {x: y}\ndeploy:\n  start: {run: bin/start, timeout: 30}\n"
+                      "  stop: bin/stop\n  health: https://{host}/health\n")
+    steps = DeploySteps.from_spec(spec.deploy)
+    assert (steps.start, steps.start_timeout, steps.stop) == (["bin/start"], 30, ["bin/stop"])
+    assert (steps.health, steps.health_expect, steps.health_timeout) == ("https://{host}/health", "",
+                                                                         60.0)
+    assert steps.stop_timeout == 10  # the default: only `run` uses it
+    assert (steps.drain, steps.drain_timeout) == (None, 60)
+
+
+@pytest.mark.parametrize(
+    ("deploy", "key", "line", "message"),
+    [
+        ("  run: a\n  start: b\n", "deploy.start", 4, "'run' and 'start' exclude each other"),
+        ("  start: b\n  run: a\n", "deploy.run", 4, "with 'run' Trainyard starts and stops"),
+        ("  run: a\n  stop: b\n", "deploy.stop", 4, "'stop' goes with 'start'"),
+        ("  start: a\n  stop_timeout: 5\n", "deploy.stop_timeout", 4, "it needs 'run'"),
+        ("  drain_check: a\n", "deploy.drain_check", 3, "it needs 'drain'"),
+        ("  drain: a\n  drain_timeout: 5\n", "deploy.drain_timeout", 4, "needs 'drain_check'"),
+        ("  run: {run: a, timeout: 5}\n", "deploy.run.timeout", 3, "it has no timeout"),
+        ("  run: a\n  stop_timeout: soon\n", "deploy.stop_timeout", 4, "whole seconds"),
+        ("  run: a\n  stop_timeout: 0\n", "deploy.stop_timeout", 4, "whole seconds"),
+        ("  health: ftp://{host}/\n", "deploy.health", 3, "an http:// or https:// URL"),
+        ("  health: /health\n", "deploy.health", 3, "an http:// or https:// URL"),
+        ('  health: "http://[::1"\n', "deploy.health", 3, "an http:// or https:// URL"),
+        ("  health: {expect: x}\n", "deploy.health", 3, "'url' is missing"),
+        ("  health: {url: 'http://a/', except: x}\n", "deploy.health.except", 3, "unknown key"),
+        ("  health: {url: 'http://a/', expect: ''}\n", "deploy.health.expect", 3, "e.g. \"{sha}\""),
+        ("  health: {url: 'http://a/', timeout: -1}\n", "deploy.health.timeout", 3, "whole seconds"),
+        ("  health: [http://a/]\n", "deploy.health", 3, "expected a plain value"),
+        ("  restart: x\n", "deploy.restart", 3, "unknown step 'restart', expected one of install, run"),
+    ],
+)
+def test_it_refuses_bad_deploy_keys(deploy, key, line, message):
+    with pytest.raises(SpecError, match=re.escape(message)) as caught:
+        parse_spec("checks: {x: y}\ndeploy:\n" + deploy)
+    assert (caught.value.key, caught.value.line) == (key, line)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('checks:\n  "lint\\n": ruff\n', "key 'checks.lint\\n', line 2"),
+        ('checks:\n  "\\e[2J\\e[31mred": ruff\n', "key 'checks.\\x1b[2J\\x1b[31mred'"),
+        ('"chec\\eks": {}\n', "unknown key 'chec\\x1bks'"),
+        ('checks: {x: y}\ndeploy: {"run\\r": x}\n', "unknown step 'run\\r'"),
+        ('checks: {x: y}\nenvironments: ["\\e]0;pwned\\a"]\n', "unknown environment '\\x1b]0;pwned\\x07'"),
+    ],
+)
+def test_it_never_prints_a_control_character_from_the_spec(text, shown):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text)
+    message = str(caught.value)
+    assert shown in message
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", message)
+    if "key '" in shown:
+        assert "the key holds a control character, shown escaped" in message

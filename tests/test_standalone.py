@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nodes.deploy import stop_app
+from nodes.transports import LocalTransport
 from tests.helpers import free_port, wait_until
 
 NODE_COUNT = 10
@@ -41,12 +43,9 @@ def free_port_run(count):
 
 
 def stop_node_apps(var):
-    """Demo apps started on the local nodes run detached: stop them."""
-    for pid_file in (var / "nodes").glob("*/shared/state/app.pid"):
-        try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            pass
+    """Demo apps started on the local nodes run detached (`deploy.run`): stop them."""
+    for pid_file in (var / "nodes").glob("*/shared/trainyard/app.pid"):
+        stop_app(LocalTransport(), pid_file.parents[2], stop_timeout=1)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -61,9 +61,7 @@ def serve(config: Config) -> Iterator[str]:
 
 def local_config(state_dir: Path, sha: str | None = None) -> Config:
     config = app_config.load(os.environ)
-    return replace(
-        config, state_dir=state_dir, pid_file=state_dir / "app.pid", sha=sha or config.sha
-    )
+    return replace(config, state_dir=state_dir, sha=sha or config.sha)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ Layout on the node, Capistrano-style:
     <base>/releases/<sha>/   one folder per release, unpacked from `git archive`
     <base>/current           symlink -> releases/<sha>, switched atomically (rename)
     <base>/previous          symlink -> the release `current` replaced: the rollback target
-    <base>/shared/           for the application's own use; never touched
+    <base>/shared/           for the application's own use; never touched, except:
+    <base>/shared/trainyard/ a `run:` app's app.pid, app.start and app.log (Trainyard's)
 
 Every command is an argument list; the SSH transport quotes each argument for the node's
 shell. Steps of several plain commands (`rm` then `mkdir`, `ln` then `mv`...) send them as
@@ -21,9 +22,15 @@ listens only on the node's loopback therefore needs a URL reachable from the con
 Deploying the release `current` already points at only restarts it and checks health:
 its folder is in use and is never unpacked over.
 
+The app is a managed process (`run:`: Trainyard starts it detached, stops it before the
+next release) or manages itself (`start`/`stop`). A release is live only with proof that
+the new release answers, never the old process still holding the port (`liveness`).
+
 Modules: `base` (errors, `DeploySteps`, `DeployResult`), `archive` (the release archive,
 built on the controller), `health` (`check_health`), `node` (running commands on the
-node), `protocol` (`deploy_release`, `rollback`, `current_release`).
+node), `app` (the sh script that starts, stops and probes a `run:` app and who holds its
+port), `liveness` (stop, start, prove), `protocol` (`deploy_release`, `rollback`,
+`current_release`, `stop_app`).
 """
 
 from .archive import file_sha256, make_archive
@@ -34,19 +41,23 @@ from .base import (
     INSTALL_TIMEOUT,
     SHA_RE,
     START_TIMEOUT,
+    STOP_TIMEOUT,
     DeployError,
     DeployResult,
     DeploySteps,
     StepFailed,
     StepRecord,
+    expand,
     validate_sha,
 )
 from .health import HEALTH_INTERVAL, HEALTH_REQUEST_TIMEOUT, check_health, health_url
-from .protocol import KEEP_RELEASES, current_release, deploy_release, rollback
+from .liveness import UNPROVEN
+from .protocol import KEEP_RELEASES, current_release, deploy_release, rollback, stop_app
 
 __all__ = [
     "CHECKSUM_RE", "COMMAND_TIMEOUT", "HEALTH_INTERVAL", "HEALTH_REQUEST_TIMEOUT", "HEALTH_TIMEOUT",
     "INSTALL_TIMEOUT", "KEEP_RELEASES", "SHA_RE", "START_TIMEOUT", "DeployError", "DeployResult",
     "DeploySteps", "StepFailed", "StepRecord", "check_health", "current_release", "deploy_release",
-    "file_sha256", "health_url", "make_archive", "rollback", "validate_sha",
+    "file_sha256", "health_url", "make_archive", "rollback", "validate_sha", "STOP_TIMEOUT",
+    "UNPROVEN", "stop_app", "expand",
 ]

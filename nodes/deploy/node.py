@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nodes.transports.base import TransportError
 
+from .app import printable
 from .base import COMMAND_TIMEOUT, SHA_RE, DeployError, DeployResult, StepFailed, StepRecord
 
 
@@ -70,8 +71,17 @@ class _Node:
         script = " && ".join(shown)
         return self._run(["sh", "-c", script], script)
 
-    def _run(self, argv, shown, *, cwd=None, env=None, timeout=None):
-        lines = _Lines(self.log)
+    def script(self, script, args, *, name, cwd=None, env=None, timeout=None):
+        """Run one of Trainyard's own sh scripts with `args` and return its output, which
+        is not logged as it comes: the caller logs what it means. The log shows the
+        command as it ran, the script itself named by `name`."""
+        self.log(f"$ {shlex.join(['sh', '-c', name, 'sh', *args])}"
+                 + (f"    (in {cwd})" if cwd else ""))
+        return self._run(["sh", "-c", script, "sh", *args], f"sh -c {name}", cwd=cwd, env=env,
+                         timeout=timeout, quiet=True)
+
+    def _run(self, argv, shown, *, cwd=None, env=None, timeout=None, quiet=False):
+        lines = _Lines((lambda line: None) if quiet else self.log)
         timeout = timeout or self.timeout
         try:
             result = self.transport.run(argv, cwd=cwd, env=env, timeout=timeout, on_output=lines,
@@ -81,7 +91,8 @@ class _Node:
             raise StepFailed(str(exc)) from exc
         output = lines.finish()
         if not result.ok:
-            raise StepFailed(f"`{shown}` {result.describe(timeout)}")
+            said = printable(output.strip()[-500:]) if quiet and output.strip() else ""
+            raise StepFailed(f"`{shown}` {result.describe(timeout)}" + (f": {said}" if said else ""))
         return output
 
     def put(self, local_path, remote_path):
@@ -117,14 +128,11 @@ class _Node:
     def inspect(self, *names):
         """In one command on the node: `read_link` of each name, and the release folders
         newest first (as `ls -1t` orders them) -> ([SHA or None per name], [SHA...])."""
-        for name in names:
-            self.log(f"$ readlink -- {self.path(name)}")
-        self.log(f"$ ls -1t -- {self.path('releases')}")
-        lines = _Lines(self.log)
+        argv = ["sh", "-c", _INSPECT, "sh", self.path("releases"), *(self.path(n) for n in names)]
+        self.log(f"$ {shlex.join(argv)}")
+        lines = _Lines(lambda line: None)  # raw output is not logged: what it means is, below
         # A TransportError goes up as it is: "cannot tell" must never read as "no release".
-        result = self.transport.run(["sh", "-c", _INSPECT, "sh", self.path("releases"),
-                                     *(self.path(n) for n in names)],
-                                    timeout=self.timeout, on_output=lines, cancel=self.cancel,
+        result = self.transport.run(argv, timeout=self.timeout, on_output=lines, cancel=self.cancel,
                                     on_tick=self.on_tick)
         output = lines.finish()
         if not result.ok:
@@ -135,10 +143,15 @@ class _Node:
         targets = {}
         for line in printed[:cut]:
             index, _, target = line.partition(":")
-            targets.setdefault(index, posixpath.basename(target.strip()))
-        shas = [targets.get(str(i), "") for i in range(1, len(names) + 1)]
-        return ([t if SHA_RE.fullmatch(t) else None for t in shas],
-                [name for name in printed[cut + 1:] if SHA_RE.fullmatch(name)])
+            targets.setdefault(index, target.strip())
+        links = [targets.get(str(i), "") for i in range(1, len(names) + 1)]
+        shas = [posixpath.basename(t) if SHA_RE.fullmatch(posixpath.basename(t)) else None
+                for t in links]
+        for name, target in zip(names, links, strict=True):
+            self.log(f"{name} -> {printable(target)}" if target else f"{name}: no link")
+        releases = [name for name in printed[cut + 1:] if SHA_RE.fullmatch(name)]
+        self.log(f"releases on the node, newest first: {', '.join(releases) or 'none'}")
+        return shas, releases
 
     def set_link(self, name, sha):
         """Point `name` at releases/<sha> atomically (rename over it), or remove it."""

@@ -1,9 +1,15 @@
 """The protocol: deploy a release, roll back, read the current one."""
 
-import shlex
-
-from .base import CHECKSUM_RE, COMMAND_TIMEOUT, DeployError, DeploySteps, StepFailed, validate_sha
-from .health import check_health, health_url
+from .base import (
+    CHECKSUM_RE,
+    COMMAND_TIMEOUT,
+    DeployError,
+    DeploySteps,
+    StepFailed,
+    expand,
+    validate_sha,
+)
+from .liveness import bring_up, check_port, stop_managed
 from .node import _Node
 
 KEEP_RELEASES = 5
@@ -11,14 +17,19 @@ KEEP_RELEASES = 5
 
 def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=None, log=None,
                    host=None, port=None, command_timeout=COMMAND_TIMEOUT, cancel=None, on_tick=None):
-    """Unpack, install, switch, start, check health; roll back if start or health fail.
+    """Unpack, install, switch, stop the old app, start the new one, prove it answers; roll
+    back if anything after the switch fails.
 
-    `env` reaches `install` and `start` as given (LocalTransport: the whole environment;
-    SSHTransport: added to the login environment). `host`/`port` fill the health URL;
-    `host` defaults to the transport's host. `on_tick` is called a few times a second
-    while commands run and health is polled (flush logs, heartbeat). Before the switch a
-    failure leaves `current` untouched; after it, `current` goes back to the release it
-    replaced.
+    `env` reaches the node's commands as given (LocalTransport: the whole environment;
+    SSHTransport: added to the login environment), and fills `$NAME` in their arguments.
+    `host`/`port` fill the health URL; `port` is also the app port whose holder is
+    checked; `host` defaults to the transport's host. `on_tick` is called a few times a
+    second while commands run and health is polled (flush logs, heartbeat).
+
+    Before the switch a failure leaves `current` untouched, and the app that runs keeps
+    running (a `run:` app's port is checked before the switch too); after it, `current`
+    goes back to the release it replaced and that release is started again. Success needs
+    the proof `liveness` describes; `DeployResult.live` says which one held.
     """
     sha = validate_sha(sha)
     if not isinstance(checksum, str) or not CHECKSUM_RE.fullmatch(checksum):
@@ -34,7 +45,7 @@ def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=N
     if previous == sha:
         return _restart_current(node, sha, steps, host, port)
     try:
-        _prepare(node, sha, archive_path, checksum, steps)
+        _prepare(node, sha, archive_path, checksum, steps, port)
     except StepFailed as exc:
         _discard(node, sha)
         return node.result(False, f"deploy of {sha} failed before the switch, `current` is unchanged "
@@ -42,17 +53,20 @@ def deploy_release(transport, base, sha, archive_path, checksum, steps, *, env=N
     try:
         with node.step("switch"):
             node.set_links(*([("previous", previous)] if previous else []), ("current", sha))
-        _start_and_check(node, steps, host, port)
+        live = bring_up(node, steps, sha, host=host, port=port, replacing=previous)
     except StepFailed as exc:
         return _undo_switch(node, sha, previous, old_previous, steps, exc, host, port)
     _prune(node, [sha, *(name for name in releases if name != sha)], protect={sha, previous})
     return node.result(True, f"{sha} is live" + (f" (replacing {previous})" if previous else ""),
-                       sha=sha, previous_sha=previous)
+                       sha=sha, previous_sha=previous, live=live)
 
 
-def _prepare(node, sha, archive_path, checksum, steps):
+def _prepare(node, sha, archive_path, checksum, steps, port):
     release = node.release(sha)
     tarball = f"{release}.tar.gz"
+    if steps.run and port is not None:
+        with node.step("port"):
+            check_port(node, steps, port)
     with node.step("prepare"):
         # Leftovers of an earlier attempt at this SHA; never the live release (checked).
         node.run_all(["rm", "-rf", "--", release, f"{tarball}.part"],
@@ -65,7 +79,8 @@ def _prepare(node, sha, archive_path, checksum, steps):
         node.run_all(["tar", "-xzf", tarball, "-C", release], ["rm", "-f", "--", tarball])
     if steps.install:
         with node.step("install"):
-            node.run(steps.install, cwd=release, env=node.env, timeout=steps.install_timeout)
+            node.run(expand(steps.install, node.env), cwd=release, env=node.env,
+                     timeout=steps.install_timeout)
 
 
 # $1 the upload, $2 the expected digest, $3 its final name. Prints sha256sum's line; renames
@@ -76,14 +91,14 @@ _VERIFY = ('line=$(sha256sum -- "$1") || exit; printf "%s\\n" "$line"; sum=${lin
 
 def _verify(node, path, checksum, final):
     """Check the upload's sha256 on the node; only a verified archive gets its final name."""
-    check, rename = shlex.join(["sha256sum", "--", path]), shlex.join(["mv", "-f", "--", path, final])
-    node.log(f"$ {check}")
-    node.log(f"$ {rename}    (if the digest is {checksum})")
-    words = node._run(["sh", "-c", _VERIFY, "sh", path, checksum, final], f"{check} && {rename}").split()
+    words = node.script(_VERIFY, [path, checksum, final],
+                        name="<sha256sum $1, then mv $1 $3 if the digest is $2>").split()
     got = words[0].lstrip("\\") if words else ""
+    node.log(f"sha256 on the node: {got or 'nothing'}")
     if got != checksum:
         raise StepFailed(f"checksum mismatch for {path}: expected {checksum}, the node computed "
                          f"{got or 'nothing'}")
+    node.log(f"as expected: renamed to {final}")
 
 
 def _discard(node, sha):
@@ -95,19 +110,6 @@ def _discard(node, sha):
             node.run(["rm", "-rf", "--", release, f"{release}.tar.gz", f"{release}.tar.gz.part"])
     except StepFailed:
         node.log(f"(could not remove {release}; old releases are pruned on a later deploy)")
-
-
-def _start_and_check(node, steps, host, port):
-    if steps.start:
-        with node.step("start"):
-            node.run(steps.start, cwd=node.path("current"), env=node.env, timeout=steps.start_timeout)
-    if steps.health:
-        with node.step("health"):
-            url = health_url(steps.health, host, port)
-            ok, detail = check_health(url, timeout=steps.health_timeout, cancel=node.cancel,
-                                      log=node.log, on_tick=node.on_tick)
-            if not ok:
-                raise StepFailed(f"{url}: {detail}")
 
 
 def _undo_switch(node, sha, previous, old_previous, steps, error, host, port):
@@ -123,9 +125,10 @@ def _undo_switch(node, sha, previous, old_previous, steps, error, host, port):
         return node.result(False, f"{error}; switching back failed too, `current` may still point at "
                            f"{sha}: {again}", **fields)
     if previous is None:
+        _stop_failed_release(node, steps, sha, port)
         return node.result(False, f"{error}; there was no previous release, `current` removed", **fields)
     try:
-        _start_and_check(node, steps, host, port)
+        bring_up(node, steps, previous, host=host, port=port, replacing=sha, restoring=True)
     except StepFailed as again:
         return node.result(False, f"{error}; rolled back to {previous}, but it did not come back "
                            f"either: {again}", rolled_back=True, **fields)
@@ -133,14 +136,26 @@ def _undo_switch(node, sha, previous, old_previous, steps, error, host, port):
                        rolled_back=True, **fields)
 
 
+def _stop_failed_release(node, steps, sha, port):
+    """No release to go back to: stop what the failed one may have left running."""
+    if not steps.run:
+        return  # `stop` would need a release folder to run in; `current` is gone
+    try:
+        with node.step("stop"):
+            stop_managed(node, steps)
+    except StepFailed:
+        node.log(f"(the app of {sha} may still run)")
+
+
 def _restart_current(node, sha, steps, host, port):
     node.log(f"{sha} is already current: restarting it, nothing is unpacked")
     try:
-        _start_and_check(node, steps, host, port)
+        live = bring_up(node, steps, sha, host=host, port=port, replacing=sha)
     except StepFailed as exc:
         return node.result(False, f"{sha} is already current; restarting it failed: {exc}",
                            sha=sha, previous_sha=sha)
-    return node.result(True, f"{sha} was already current; restarted", sha=sha, previous_sha=sha)
+    return node.result(True, f"{sha} was already current; restarted", sha=sha, previous_sha=sha,
+                       live=live)
 
 
 def _prune(node, releases, protect):
@@ -178,11 +193,11 @@ def rollback(transport, base, *, to_sha=None, steps=None, env=None, log=None, ho
             _check_target(node, target, current)
         with node.step("switch"):
             node.set_links(*([("previous", current)] if current else []), ("current", target))
-        _start_and_check(node, steps, host, port)
+        live = bring_up(node, steps, target, host=host, port=port, replacing=current)
     except StepFailed as exc:
         return node.result(False, f"rollback failed: {exc}", sha=target, previous_sha=current)
     return node.result(True, f"rolled back from {current or 'no release'} to {target}", sha=target,
-                       previous_sha=current, rolled_back=True)
+                       previous_sha=current, rolled_back=True, live=live)
 
 
 def _check_target(node, target, current):
@@ -199,3 +214,10 @@ def _check_target(node, target, current):
 def current_release(transport, base, *, timeout=COMMAND_TIMEOUT):
     """The SHA `<base>/current` points at, or None. TransportError if the node is unreachable."""
     return _Node(transport, base, timeout=timeout).read_link("current")
+
+
+def stop_app(transport, base, *, stop_timeout=None, log=None, timeout=COMMAND_TIMEOUT):
+    """Stop the `run:` app Trainyard started on the node at `base` (TERM, then KILL after
+    `stop_timeout`), if one runs. For a node leaving service, and for tests."""
+    steps = DeploySteps(stop_timeout=stop_timeout or DeploySteps.stop_timeout)
+    stop_managed(_Node(transport, base, log=log, timeout=timeout), steps)

@@ -257,7 +257,9 @@ def _record(deployment, node, build, steps, result, log_text):
     else:
         status = Deployment.Status.ROLLED_BACK if result.rolled_back else Deployment.Status.FAILED
         _after_failure(node)
-    transition(deployment, status, finished_at=now, message=result.message[:2000], log=log_text)
+    # What proved the release live (or that nothing could) stays with the record.
+    message = f"{result.message}. {result.live}" if result.live else result.message
+    transition(deployment, status, finished_at=now, message=message[:2000], log=log_text)
 
 
 def _after_failure(node):

@@ -5,6 +5,7 @@ A build stores `spec.to_dict()` as JSON and its jobs read it back with `Spec.fro
 the round trip is exact, and dicts stored before a field existed still load.
 """
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
@@ -13,7 +14,18 @@ ENVIRONMENTS = ("staging", "preview", "preprod")
 DEFAULT_SCHEDULE = "0 * * * *"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text):
+    """Control characters shown escaped (`\\x1b`, `\\n`): a spec's text reaches terminals
+    (`bb`, `pr`) and pages, where a raw escape would move the cursor or recolour."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(text))
+
+
 class SpecError(ValueError):
+    """`key` and `line` say where; the message never holds a raw control character."""
+
     def __init__(self, message, *, key=None, line=None):
         self.key = key
         self.line = line
@@ -22,7 +34,12 @@ class SpecError(ValueError):
             where.append(f"key '{key}'")
         if line:
             where.append(f"line {line}")
-        super().__init__(f"trainyard.yml: {message}" + (f" ({', '.join(where)})" if where else ""))
+        if key and _CONTROL.search(key):
+            # Every key is checked against fixed names or a pattern, so such a key is always
+            # refused; the message must show the character, escaped, or it reads as nonsense.
+            where.append("the key holds a control character, shown escaped")
+        text = f"trainyard.yml: {message}" + (f" ({', '.join(where)})" if where else "")
+        super().__init__(printable(text))
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,9 @@ class Command:
 @dataclass
 class Spec:
     checks: dict = field(default_factory=dict)  # name -> Command
-    deploy: dict = field(default_factory=dict)  # step -> Command (health: a URL string)
+    # step -> Command; "health": {"url", "expect", "timeout"}; "stop_timeout" and
+    # "drain_timeout": seconds
+    deploy: dict = field(default_factory=dict)
     smoke: Command | None = None
     acceptance: Command | None = None
     environments: list = field(default_factory=lambda: list(ENVIRONMENTS))
@@ -90,8 +109,7 @@ class Spec:
         cache = data.get("cache")
         return cls(
             checks={k: Command.from_dict(v) for k, v in data["checks"].items()},
-            deploy={k: (v if isinstance(v, str) else Command.from_dict(v))
-                    for k, v in data.get("deploy", {}).items()},
+            deploy=_deploy_from_dict(data.get("deploy") or {}),
             smoke=command(data.get("smoke")),
             acceptance=command(data.get("acceptance")),
             environments=list(data.get("environments", ENVIRONMENTS)),
@@ -100,3 +118,18 @@ class Spec:
             cache={"key": list(cache["key"]), "paths": list(cache["paths"])} if cache else None,
             env=dict(data.get("env") or {}),
         )
+
+
+def _deploy_from_dict(data):
+    deploy = {}
+    for name, value in data.items():
+        if name == "health":
+            # A plain URL string: stored before health took {url, expect, timeout}.
+            value = {"url": value} if isinstance(value, str) else value
+            deploy[name] = {"url": value["url"], "expect": value.get("expect") or "",
+                            "timeout": value.get("timeout")}
+        elif isinstance(value, int):
+            deploy[name] = value
+        else:
+            deploy[name] = Command.from_dict(value)
+    return deploy

@@ -8,6 +8,7 @@ shell would split words (shlex), but nothing is ever run through a shell.
 import posixpath
 import re
 import shlex
+import urllib.parse
 
 import yaml
 
@@ -19,7 +20,20 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SECONDS = re.compile(r"[0-9]{1,9}")  # not str.isdigit(), which takes "²"
 TOP_LEVEL = ("checks", "setup", "cache", "env", "deploy", "smoke", "acceptance", "environments",
              "train")
-DEPLOY_KEYS = ("install", "start", "stop", "drain", "drain_check", "health")
+DEPLOY_KEYS = ("install", "run", "start", "stop", "stop_timeout", "drain", "drain_check",
+               "drain_timeout", "health")
+DEPLOY_SECONDS = ("stop_timeout", "drain_timeout")
+# Deploy keys that only make sense beside another: key -> (what it needs, why).
+DEPLOY_NEEDS = {
+    "stop": ("start", "'stop' goes with 'start' (with 'run' Trainyard stops the app itself)"),
+    "stop_timeout": ("run", "'stop_timeout' is how long Trainyard waits between TERM and KILL"
+                            " when it stops a 'run' process: it needs 'run'"),
+    "drain_check": ("drain", "'drain_check' tells when 'drain' is done: it needs 'drain'"),
+    "drain_timeout": ("drain_check", "'drain_timeout' is how long 'drain_check' may take to"
+                                     " pass: it needs 'drain_check'"),
+}
+HEALTH_KEYS = ("url", "expect", "timeout")
+MAX_EXPECT_BYTES = 1024
 COMMAND_KEYS = ("run", "junit", "timeout", "env")
 DEPLOY_COMMAND_KEYS = ("run", "junit", "timeout")  # a deploy step runs in the node's environment
 CACHE_KEYS = ("key", "paths")
@@ -218,15 +232,66 @@ def _env(node, key, limits):
 
 
 def _deploy(node, key, limits):
+    """Commands, seconds and the health check; see DEPLOY_NEEDS for the pairs."""
     steps = {}
     entries = mapping(node, key)
     _refuse_unknown(entries, DEPLOY_KEYS, key, what="step")
-    for name, (_, value_node) in entries.items():
+    if "run" in entries and "start" in entries:
+        later = max(("run", "start"), key=lambda name: line(entries[name][0]))
+        raise SpecError("'run' and 'start' exclude each other: with 'run' Trainyard starts and "
+                        "stops the app itself; 'start' is for an app that detaches on its own",
+                        key=join(key, later), line=line(entries[later][0]))
+    for name, (key_node, value_node) in entries.items():
+        where = join(key, name)
+        needed, why = DEPLOY_NEEDS.get(name, (None, ""))
+        if needed and needed not in entries:
+            raise SpecError(why, key=where, line=line(key_node))
         if name == "health":
-            steps[name] = scalar(value_node, join(key, name))
+            steps[name] = _health(value_node, where, limits)
+        elif name in DEPLOY_SECONDS:
+            steps[name] = _timeout(value_node, where, limits)
         else:
-            steps[name] = _command(value_node, join(key, name), limits, DEPLOY_COMMAND_KEYS)
+            steps[name] = _command(value_node, where, limits, DEPLOY_COMMAND_KEYS)
+            if name == "run" and steps[name].timeout:
+                raise SpecError("a 'run' process runs until the next release: it has no timeout"
+                                " (health's 'timeout' says how long it may take to answer)",
+                                key=join(where, "timeout"), line=line(value_node))
     return steps
+
+
+def _health(node, key, limits):
+    """A URL, or {url, expect, timeout} -> {"url", "expect", "timeout"}."""
+    if not isinstance(node, yaml.MappingNode):
+        return {"url": _health_url(node, key), "expect": "", "timeout": None}
+    entries = mapping(node, key)
+    _refuse_unknown(entries, HEALTH_KEYS, key)
+    if "url" not in entries:
+        raise SpecError("'url' is missing", key=key, line=line(node))
+    health = {"url": _health_url(entries["url"][1], join(key, "url")), "expect": "",
+              "timeout": None}
+    if "expect" in entries:
+        value_node = entries["expect"][1]
+        expect = scalar(value_node, join(key, "expect"))
+        if not expect or len(expect.encode("utf-8")) > MAX_EXPECT_BYTES:
+            raise SpecError(f"expected the text the health answer must hold, 1 to {MAX_EXPECT_BYTES}"
+                            " bytes, e.g. \"{sha}\" (the release's SHA)", key=join(key, "expect"),
+                            line=line(value_node))
+        health["expect"] = expect
+    if "timeout" in entries:
+        health["timeout"] = _timeout(entries["timeout"][1], join(key, "timeout"), limits)
+    return health
+
+
+def _health_url(node, key):
+    url = scalar(node, key)
+    try:
+        filled = urllib.parse.urlsplit(url.replace("{host}", "host").replace("{port}", "1"))
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        filled = None
+    if filled is None or filled.scheme not in ("http", "https") or not filled.netloc:
+        raise SpecError("expected an http:// or https:// URL, e.g. http://{host}:{port}/health",
+                        key=key, line=line(node))
+    return url
 
 
 def _environments(node, key, limits):

@@ -20,7 +20,6 @@ class Config:
     port: int
     sha: str
     state_dir: Path
-    pid_file: Path
 
     @property
     def log_file(self) -> Path:
@@ -68,11 +67,9 @@ def load(env: Mapping[str, str] | None = None, app_dir: Path = APP_DIR) -> Confi
     env = os.environ if env is None else env
     port = parse_port(env.get("PORT") or str(DEFAULT_PORT))
     state_dir = Path(env.get("APP_STATE_DIR") or default_state_dir(env, port)).absolute()
-    pid_file = Path(env.get("PID_FILE") or state_dir / "app.pid").absolute()
     return Config(
         host=env.get("HOST") or DEFAULT_HOST,
         port=port,
         sha=resolve_sha(env, app_dir),
         state_dir=state_dir,
-        pid_file=pid_file,
     )

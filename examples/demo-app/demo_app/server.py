@@ -1,10 +1,12 @@
-"""The HTTP server: `python -m demo_app.server`, configured by demo_app.config."""
+"""The HTTP server: `python -m demo_app.server`, configured by demo_app.config.
+
+It runs in the foreground until SIGTERM: Trainyard's `deploy.run` starts it, keeps it
+running and stops it before the next release."""
 
 from __future__ import annotations
 
 import html
 import json
-import os
 import signal
 import socket
 import sys
@@ -16,8 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 from demo_app import config as app_config
 from demo_app.config import Config
 from demo_app.greeting import greet
-
-PID_HEADER = "X-App-Pid"
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ def index(config: Config, query: dict[str, list[str]]) -> Response:
 def health(config: Config, query: dict[str, list[str]]) -> Response:
     # 503 while draining so a load balancer (or Trainyard) stops sending traffic here.
     if config.is_draining():
-        return json_response(503, {"status": "draining"})
-    return json_response(200, {"status": "ok"})
+        return json_response(503, {"status": "draining", "sha": config.sha})
+    # The SHA lets a deploy tell this release from an older one still answering.
+    return json_response(200, {"status": "ok", "sha": config.sha})
 
 
 def version(config: Config, query: dict[str, list[str]]) -> Response:
@@ -95,8 +96,6 @@ class DemoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", "no-store")
-        # Lets bin/start tell its own process apart from a stale one holding the port.
-        self.send_header(PID_HEADER, str(os.getpid()))
         self.end_headers()
         if send_body:
             self.wfile.write(response.body)
@@ -125,6 +124,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main() -> int:
     config = app_config.load()
     server = DemoServer(config)
+    # A fresh instance takes traffic, even if the one it replaces was drained.
+    config.drain_flag.unlink(missing_ok=True)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     print(f"demo-app {config.sha} listening on {config.host}:{server.port}", flush=True)
     try:

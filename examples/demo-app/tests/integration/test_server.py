@@ -9,7 +9,7 @@ def test_health(app_server, http_get):
     status, headers, body = http_get(f"{app_server}/health")
     assert status == 200
     assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"status": "ok"}
+    assert json.loads(body) == {"status": "ok", "sha": SHA}
 
 
 def test_version(app_server, http_get):
@@ -30,7 +30,7 @@ def test_unknown_path(app_server, http_get):
 def test_drain_and_undrain(app_server, app_config_for_test, http_get):
     app_config_for_test.drain_flag.touch()
     status, _, body = http_get(f"{app_server}/health")
-    assert (status, json.loads(body)) == (503, {"status": "draining"})
+    assert (status, json.loads(body)) == (503, {"status": "draining", "sha": SHA})
     # Draining only fails the health check: real requests are still served.
     assert http_get(f"{app_server}/version")[0] == 200
     app_config_for_test.drain_flag.unlink()

@@ -12,20 +12,20 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return Config("127.0.0.1", 0, SHA, tmp_path, tmp_path / "app.pid")
+    return Config("127.0.0.1", 0, SHA, tmp_path)
 
 
 def test_health_is_ok(config):
     response = handle_request(config, "GET", "/health")
     assert response.status == 200
-    assert json.loads(response.body) == {"status": "ok"}
+    assert json.loads(response.body) == {"status": "ok", "sha": SHA}
 
 
 def test_health_is_503_while_draining(config):
     config.drain_flag.touch()
     response = handle_request(config, "GET", "/health")
     assert response.status == 503
-    assert json.loads(response.body) == {"status": "draining"}
+    assert json.loads(response.body) == {"status": "draining", "sha": SHA}
 
 
 def test_version_is_the_sha(config):
@@ -42,7 +42,7 @@ def test_hello_greets_by_name(config):
 def test_index_shows_greeting_and_escaped_sha(config):
     body = handle_request(config, "GET", "/").body.decode()
     assert "Hello, world!" in body and SHA in body
-    hostile = Config("h", 0, "<script>", config.state_dir, config.pid_file)
+    hostile = Config("h", 0, "<script>", config.state_dir)
     assert "<script>" not in handle_request(hostile, "GET", "/").body.decode()
 
 
@@ -62,7 +62,6 @@ def test_load_defaults_and_overrides(tmp_path):
     defaults = app_config.load({"HOME": str(tmp_path)}, tmp_path)
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8080)
     assert defaults.state_dir == tmp_path / ".local/state/demo-app/port-8080"
-    assert defaults.pid_file == defaults.state_dir / "app.pid"
     env = {"PORT": "9001", "HOST": "0.0.0.0", "APP_STATE_DIR": str(tmp_path / "s")}
     custom = app_config.load(env, tmp_path)
     assert (custom.host, custom.port, custom.state_dir) == ("0.0.0.0", 9001, tmp_path / "s")

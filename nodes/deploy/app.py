@@ -1,0 +1,214 @@
+"""The app on the node: a managed process (`run:`), who holds the app port, and how a
+failure or a success is described.
+
+Everything here runs on the node as one POSIX sh script, `APP_SCRIPT`, sent as an argument
+list like every command (the SSH transport quotes each argument): `sh -c APP_SCRIPT sh
+<action> <state folder> ...`. It needs only sh, ls, readlink, tr, tail, wc and `setsid`
+(util-linux or busybox), never ss, lsof or python, which a minimal node may lack.
+
+- `start`: unless something holds the app port (then it says who, and starts nothing),
+  `setsid` makes the app the leader of its own session and process group, stdin
+  /dev/null, stdout and stderr appended to `<state>/app.log`. The script waits until the
+  new session exists, so the app is out of the command's process group (which both
+  transports end with the command) before the command exits; it then outlives the
+  command and the SSH session. Its pid goes to `<state>/app.pid` and its start time
+  (from /proc, in clock ticks since boot) to `<state>/app.start`: a recycled pid is never
+  taken for the app.
+- `stop`: TERM to the app's process group, KILL after the grace if any of it is left.
+- `probe`: is the recorded app running, and who holds a listening TCP socket on a port:
+  /proc/net/tcp and tcp6 give the listening sockets' inodes, the `socket:[inode]` links in
+  /proc/*/fd their processes. A process of another user is not visible there ("hidden").
+"""
+
+import re
+
+# Shared by the actions: `proc PID` reads /proc/PID/stat (fields after the command name,
+# which may hold spaces or ')') into state, pgrp, sid, start; false if PID is gone or a
+# zombie (whose sockets are closed already).
+_FUNCTIONS = r"""
+proc() {
+  line=
+  { read -r line < "/proc/$1/stat"; } 2>/dev/null
+  [ -n "$line" ] || return 1
+  set -- ${line##*") "}
+  state=$1 pgrp=$3 sid=$4
+  eval "start=\${20}"
+  [ "$state" != Z ]
+}
+ours() {
+  pid= saved=
+  { read -r pid < "$state_dir/app.pid"; read -r saved < "$state_dir/app.start"; } 2>/dev/null
+  [ -n "$pid" ] && proc "$pid" && [ "$start" = "$saved" ]
+}
+in_group() {
+  g=$1
+  proc "$g" && return 0
+  for f in /proc/[0-9]*/stat; do
+    line=
+    { read -r line < "$f"; } 2>/dev/null
+    [ -n "$line" ] || continue
+    set -- ${line##*") "}
+    [ "$3" = "$g" ] && [ "$1" != Z ] && return 0
+  done
+  return 1
+}
+wait_gone() {
+  n=0
+  while in_group "$1"; do
+    [ "$n" -lt "$2" ] || return 1
+    sleep 0.1 2>/dev/null || sleep 1
+    n=$((n + 1))
+  done
+  waited=$n
+}
+holders() {
+  hex=$(printf '%04X' "$1")
+  [ -r /proc/net/tcp ] || [ -r /proc/net/tcp6 ] || { echo "port unknown"; return 0; }
+  # Through cat: sh reads a file byte by byte, and every read of /proc/net/tcp is costly.
+  inodes=$(cat /proc/net/tcp /proc/net/tcp6 2> /dev/null | while read -r _ addr _ st rest; do
+    [ "$st" = 0A ] || continue
+    case $addr in *:"$hex") ;; *) continue ;; esac
+    set -- $rest
+    echo "$6"
+  done)
+  [ -n "$inodes" ] || { echo "port free"; return 0; }
+  echo "port held"
+  LC_ALL=C QUOTING_STYLE=literal ls -l /proc/[0-9]*/fd 2>/dev/null | {
+    p= seen=
+    while IFS= read -r l; do
+      case $l in
+        /proc/*/fd:) p=${l#/proc/}; p=${p%/fd:}; continue ;;
+        *" -> socket:["*) ;;
+        *) continue ;;
+      esac
+      for i in $inodes; do
+        case $l in *" -> socket:[$i]") ;; *) continue ;; esac
+        case " $seen " in *" $p "*) continue ;; esac
+        seen="$seen $p"
+        proc "$p" || continue
+        printf 'holder %s %s %s\n' "$p" "$sid" "$(tr '\0\n' '  ' < "/proc/$p/cmdline" 2>/dev/null)"
+      done
+    done
+  }
+}
+"""
+
+_ACTIONS = r"""
+action=$1 state_dir=$2
+shift 2
+case $action in
+start)
+  if ! command -v setsid > /dev/null 2>&1; then
+    echo "setsid is not installed on the node (util-linux or busybox has it)"; exit 127
+  fi
+  mkdir -p -- "$state_dir" || exit 1
+  port=$1
+  shift
+  if [ "$port" != - ]; then
+    held=$(holders "$port")
+    echo "$held"
+    case $held in "port held"*) exit 0 ;; esac
+  fi
+  log=$state_dir/app.log
+  if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 5242880 ]; then mv -f -- "$log" "$log.1"; fi
+  { printf '[trainyard] %s starting in %s:' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$(pwd -P)"
+    printf ' %s' "$@"; echo; } >> "$log"
+  setsid "$@" < /dev/null >> "$log" 2>&1 &
+  pid=$! n=0
+  until proc "$pid" && [ "$sid" = "$pid" ]; do
+    if ! proc "$pid"; then wait "$pid"; echo "exited $pid $?"; exit 0; fi
+    n=$((n + 1))
+    [ "$n" -lt 1000 ] || { echo "nosession $pid"; exit 1; }
+    sleep 0.01 2>/dev/null || sleep 1
+  done
+  printf '%s\n' "$start" > "$state_dir/app.start" && printf '%s\n' "$pid" > "$state_dir/app.pid" || exit 1
+  echo "started $pid" ;;
+stop)
+  if ! ours; then
+    rm -f -- "$state_dir/app.pid" "$state_dir/app.start"
+    echo "none $pid"; exit 0
+  fi
+  kill -s TERM -- "-$pid" 2> /dev/null
+  if wait_gone "$pid" $(($1 * 10)); then
+    echo "stopped $pid $waited"
+  else
+    kill -s KILL -- "-$pid" 2> /dev/null
+    wait_gone "$pid" 50 || { echo "pid $pid is still running 5s after KILL"; exit 1; }
+    echo "killed $pid"
+  fi
+  rm -f -- "$state_dir/app.pid" "$state_dir/app.start" ;;
+probe)
+  if ours; then echo "app running $pid"; else echo "app gone $pid"; fi
+  [ "$1" = - ] || holders "$1" ;;
+tail)
+  [ -f "$state_dir/app.log" ] && tail -n "$1" -- "$state_dir/app.log"
+  exit 0 ;;
+esac
+"""
+
+APP_SCRIPT = _FUNCTIONS + _ACTIONS
+SCRIPT_NAME = "<the app script of nodes/deploy/app.py>"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CMD_SHOWN = 120
+
+
+def printable(text, *, keep_newlines=False):
+    """`text` with control characters shown escaped: nothing from a node or a spec may
+    move a terminal's cursor or change its colours when a log is printed."""
+    def escape(match):
+        char = match.group()
+        return char if keep_newlines and char == "\n" else repr(char)[1:-1]
+
+    return _CONTROL.sub(escape, text)
+
+
+class Holder:
+    """A process holding a listening socket on the app port."""
+
+    def __init__(self, pid, sid, command):
+        self.pid, self.sid, self.command = pid, sid, command
+
+    def __str__(self):
+        command = printable(self.command.strip())
+        if len(command) > _CMD_SHOWN:
+            command = command[:_CMD_SHOWN] + "…"
+        return f"pid {self.pid} ({command})" if command else f"pid {self.pid}"
+
+
+class Probe:
+    """What the `probe` action saw: the recorded app and the port's listeners."""
+
+    def __init__(self, output):
+        self.app_pid, self.app_running = None, False
+        self.port = "unknown"  # free, held or unknown (no /proc/net/tcp on the node)
+        self.holders = []
+        for line in output.splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "app":
+                state, _, pid = rest.partition(" ")
+                self.app_running = state == "running"
+                self.app_pid = int(pid) if pid.isdigit() else None
+            elif word == "port":
+                self.port = rest.strip()
+            elif word == "holder":
+                pid, sid, command = (rest.split(" ", 2) + ["", ""])[:3]
+                if pid.isdigit():
+                    self.holders.append(Holder(int(pid), sid, command))
+
+    @property
+    def hidden(self):
+        """A listener whose process this user cannot see (another user's)."""
+        return self.port == "held" and not self.holders
+
+    def foreign(self, session):
+        """Holders outside the session `session` (a pid, or None: all of them)."""
+        return [h for h in self.holders if session is None or h.sid != str(session)]
+
+    def describe_holders(self, holders=None):
+        holders = self.holders if holders is None else holders
+        if self.hidden:
+            return "a process Trainyard cannot see (another user's?)"
+        return ", ".join(str(h) for h in holders)
+
+    def pids(self):
+        return {h.pid for h in self.holders}
