@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from nodes.deploy import stop_app
 from nodes.transports import LocalTransport
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, port_closed, wait_until
 
 NODE_COUNT = 10
 
@@ -74,7 +75,7 @@ def standalone(tmp_path, setup_cache_dir):
 
     try:
         wait_until(answers, timeout=90, interval=0.2, message="the standalone server")
-        yield url, env, tmp_path
+        yield url, env, tmp_path, proc
     finally:
         stop_node_apps(tmp_path / "var")
         try:
@@ -95,7 +96,7 @@ def bb(url, env, branch):
 
 
 def test_it_builds_the_demo_branches_from_a_second_terminal(standalone):
-    url, env, tmp = standalone
+    url, env, tmp, server = standalone
     hello = bb(url, env, "feature/hello")
     assert hello.returncode == 0, hello.stdout + hello.stderr
     assert "build #" in hello.stdout and "passed" in hello.stdout
@@ -116,10 +117,16 @@ def test_it_builds_the_demo_branches_from_a_second_terminal(standalone):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     # The server kept serving through all of that.
     assert urllib.request.urlopen(url + "/radiators/demo/", timeout=5).status == 200
+    # Stopping `make run` stops the apps it started on its local nodes: none is left holding
+    # a node's port for the next run to trip over.
+    server.send_signal(signal.SIGINT)
+    server.wait(60)
+    node_port = urllib.parse.urlsplit(node_url).port
+    wait_until(lambda: port_closed(node_port), timeout=15, message="the demo app to stop")
 
 
 def test_it_creates_the_admin_once_and_keeps_secrets_private(standalone):
-    url, env, tmp = standalone
+    url, env, tmp, server = standalone
     var = tmp / "var"
     log = (tmp / "server.log").read_text()
     password = (var / "admin-credentials.txt").read_text().split("password: ")[1].strip()

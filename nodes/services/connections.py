@@ -14,8 +14,8 @@ def _ssh(node):
 
     if not node.host_key.strip():
         raise TransportError(
-            f"{node.name} ({node.address}) has no pinned host key: fetch it in the admin and "
-            "confirm its fingerprint first")
+            f"{node.name} ({node.address}) has no pinned host key: pin it after comparing its "
+            f"fingerprint (manage.py node pin-host-key {node.name}, or in the admin)")
     key_file = settings.TRAINYARD["SSH_KEY_FILE"]
     if not key_file:
         raise TransportError("TRAINYARD_SSH_KEY_FILE is not set: no key to log in to SSH nodes")

@@ -66,3 +66,25 @@ def seed_local_nodes(count=10):
     base = Path(settings.TRAINYARD["NODE_BASE_DIR"])
     return ensure_local_pool(base, count=count,
                              first_port=int(settings.TRAINYARD["NODE_FIRST_PORT"]))
+
+
+def stop_local_apps():
+    """When the standalone server stops, the `run:` apps it started on local nodes stop
+    too (TERM, then KILL): on this machine nothing else would, and an app left running
+    holds its node's port against the next run's deploys. Returns the nodes stopped."""
+    import logging
+
+    from nodes.deploy import stop_app
+    from nodes.models import Node
+    from nodes.services.connections import get_transport
+
+    stopped = []
+    for node in Node.objects.filter(transport=Node.Transport.LOCAL):
+        try:
+            with get_transport(node) as transport:
+                stop_app(transport, node.base_path)
+            stopped.append(node.name)
+        except Exception:  # one node's trouble must not keep the others running
+            logging.getLogger(__name__).warning("could not stop the app on %s", node.name,
+                                                exc_info=True)
+    return stopped

@@ -57,6 +57,10 @@ class Command(BaseCommand):
             start_beat(app)
             # Tasks queued before the last stop lived in this process's memory broker.
             requeue_everything_queued()
-        uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
-                    ws="websockets-sansio",
-                    lifespan="off")
+        try:
+            uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
+                        ws="websockets-sansio",
+                        lifespan="off")
+        finally:
+            stopped = standalone.stop_local_apps()
+            self.stdout.write(f"stopped the run: apps of the local nodes ({len(stopped)} checked)")
