@@ -3,8 +3,9 @@ failure or a success is described.
 
 Everything here runs on the node as one POSIX sh script, `APP_SCRIPT`, sent as an argument
 list like every command (the SSH transport quotes each argument): `sh -c APP_SCRIPT sh
-<action> <state folder> ...`. It needs only sh, ls, readlink, tr, tail, wc and `setsid`
-(util-linux or busybox), never ss, lsof or python, which a minimal node may lack.
+<action> <state folder> ...`. It needs only POSIX tools (sh, awk, cat, ls, readlink, tr,
+tail, wc) and `setsid` (util-linux or busybox), never ss, lsof or python, which a minimal
+node may lack.
 
 - `start`: unless something holds the app port (then it says who, and starts nothing),
   `setsid` makes the app the leader of its own session and process group, stdin
@@ -43,23 +44,21 @@ ours() {
 in_group() {
   g=$1
   proc "$g" && return 0
-  for f in /proc/[0-9]*/stat; do
-    line=
-    { read -r line < "$f"; } 2>/dev/null
-    [ -n "$line" ] || continue
-    set -- ${line##*") "}
-    [ "$3" = "$g" ] && [ "$1" != Z ] && return 0
-  done
-  return 1
+  # One awk over every process's stat: sh's `read` takes a file a byte per system call,
+  # which on a busy node (hundreds of processes) cost tenths of a CPU second per look.
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$g" '
+    { sub(/^.*\) /, ""); if ($3 == g && $1 != "Z") { found = 1; exit } }
+    END { exit !found }'
 }
 wait_gone() {
+  # Looks every 0.02 s (an app usually ends within a few after TERM); $2 is in tenths.
   n=0
   while in_group "$1"; do
-    [ "$n" -lt "$2" ] || return 1
-    sleep 0.1 2>/dev/null || sleep 1
+    [ "$n" -lt $(($2 * 5)) ] || return 1
+    sleep 0.02 2>/dev/null || { sleep 1; n=$((n + 49)); }
     n=$((n + 1))
   done
-  waited=$n
+  waited=$((n / 5))
 }
 holders() {
   hex=$(printf '%04X' "$1")
@@ -73,23 +72,17 @@ holders() {
   done)
   [ -n "$inodes" ] || { echo "port free"; return 0; }
   echo "port held"
-  LC_ALL=C QUOTING_STYLE=literal ls -l /proc/[0-9]*/fd 2>/dev/null | {
-    p= seen=
-    while IFS= read -r l; do
-      case $l in
-        /proc/*/fd:) p=${l#/proc/}; p=${p%/fd:}; continue ;;
-        *" -> socket:["*) ;;
-        *) continue ;;
-      esac
-      for i in $inodes; do
-        case $l in *" -> socket:[$i]") ;; *) continue ;; esac
-        case " $seen " in *" $p "*) continue ;; esac
-        seen="$seen $p"
-        proc "$p" || continue
-        printf 'holder %s %s %s\n' "$p" "$sid" "$(tr '\0\n' '  ' < "/proc/$p/cmdline" 2>/dev/null)"
-      done
-    done
-  }
+  # awk, not a sh loop, goes through every process's descriptors: thousands of lines on a
+  # busy node. It prints each pid holding one of the listening sockets, once.
+  LC_ALL=C QUOTING_STYLE=literal ls -l /proc/[0-9]*/fd 2>/dev/null | awk -v inodes=" $(echo $inodes) " '
+    /^\/proc\/[0-9]+\/fd:$/ { p = $0; sub(/^\/proc\//, "", p); sub(/\/fd:$/, "", p); next }
+    / -> socket:\[[0-9]+\]$/ {
+      s = $NF; gsub(/[^0-9]/, "", s)
+      if (index(inodes, " " s " ") && !(p in seen)) { seen[p] = 1; print p }
+    }' | while read -r p; do
+    proc "$p" || continue
+    printf 'holder %s %s %s\n' "$p" "$sid" "$(tr '\0\n' '  ' < "/proc/$p/cmdline" 2>/dev/null)"
+  done
 }
 """
 

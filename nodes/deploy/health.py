@@ -9,6 +9,7 @@ from .app import printable
 from .base import HEALTH_TIMEOUT, StepFailed
 
 HEALTH_INTERVAL = 0.5
+FIRST_INTERVAL = 0.05
 HEALTH_REQUEST_TIMEOUT = 5.0
 MAX_BODY = 64 * 1024  # of a health answer, read to find `expect` in it
 BODY_SHOWN = 200
@@ -34,8 +35,9 @@ def health_url(template, host, port):
 def check_health(url, *, timeout=HEALTH_TIMEOUT, interval=HEALTH_INTERVAL, cancel=None, log=None,
                  on_tick=None, expect="", give_up=None):
     """GET `url` until it answers 2xx (with `expect` in its body, if given) or `timeout`
-    passes -> (ok, detail). `give_up`, called between attempts, may end the wait early by
-    returning the reason (the app it waits for exited)."""
+    passes -> (ok, detail). Attempts are 0.05 s apart at first, doubling up to
+    `interval`. `give_up`, called between attempts, may end the wait early by returning
+    the reason (the app it waits for exited)."""
     log = log or (lambda line: None)
     deadline = time.monotonic() + timeout
     log(f"health: GET {url} (up to {timeout}s)" + (f", expecting {expect!r} in the body" if expect else ""))
@@ -61,11 +63,14 @@ def check_health(url, *, timeout=HEALTH_TIMEOUT, interval=HEALTH_INTERVAL, cance
         reason = give_up() if give_up is not None else None
         if reason:
             return False, f"{last} (after {attempts} attempt(s)); {reason}"
-        if time.monotonic() + interval > deadline or (cancel is not None and cancel.is_set()):
+        # A fresh app usually answers within a few tenths of a second: ask again soon at
+        # first, then every `interval`.
+        pause = min(interval, FIRST_INTERVAL * 2 ** (attempts - 1))
+        if time.monotonic() + pause > deadline or (cancel is not None and cancel.is_set()):
             return False, f"{last} (after {attempts} attempt(s) in {timeout}s)"
         if on_tick is not None:
             on_tick()
-        time.sleep(interval)
+        time.sleep(pause)
 
 
 def _judge(response, expect):
