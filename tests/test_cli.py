@@ -279,8 +279,8 @@ APP_SPEC = """\
 checks:
   unit: python3 -m unittest -q test_app
 deploy:
-  start: python3 start.py
-  health: http://{host}:{port}/health
+  run: python3 app.py
+  health: {url: "http://{host}:{port}/version", expect: "{sha}"}
 smoke: python3 smoke.py
 """
 
@@ -317,40 +317,6 @@ class AppTest(unittest.TestCase):
         self.assertEqual(app.body_for("/health"), "ok")
 '''
 
-# `start` must leave the server running detached and return once it answers; it stops the
-# release before (its pid is in the node's state folder) so the port is free.
-START = '''\
-import os, signal, socket, subprocess, sys, time, urllib.request
-from pathlib import Path
-
-state = Path(os.environ["APP_STATE_DIR"])
-state.mkdir(parents=True, exist_ok=True)
-pid_file, port = state / "app.pid", int(os.environ["PORT"])
-try:
-    os.kill(int(pid_file.read_text()), signal.SIGTERM)
-except (OSError, ValueError):
-    pass
-deadline = time.monotonic() + 20
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        time.sleep(0.05)
-    except OSError:
-        break
-log = open(state / "app.log", "ab")
-server = subprocess.Popen([sys.executable, "app.py"], stdin=subprocess.DEVNULL, stdout=log,
-                          stderr=log, start_new_session=True)
-pid_file.write_text(str(server.pid))
-url = f"http://127.0.0.1:{port}/version"
-while time.monotonic() < deadline and server.poll() is None:
-    try:
-        if urllib.request.urlopen(url, timeout=1).read().decode() == os.environ["TRAINYARD_SHA"]:
-            sys.exit(0)
-    except OSError:
-        time.sleep(0.05)
-sys.exit(f"the app did not answer {url} with its SHA")
-'''
-
 SMOKE = '''\
 import os, sys, urllib.request
 
@@ -361,14 +327,15 @@ sys.exit(0 if served == os.environ["TRAINYARD_SHA"] else f"serving {served}, not
 
 def test_a_new_application_goes_from_registration_to_a_node_serving_its_sha(
         worker, live_server, ops_token, tmp_path):
-    import signal
     import urllib.request
 
+    from nodes.deploy import stop_app
+    from nodes.transports import LocalTransport
     from tests.helpers import GitRepo, free_port, port_closed, wait_until
 
     shop = GitRepo(tmp_path / "shop")
     shop.commit({"trainyard.yml": APP_SPEC, "app.py": APP, "test_app.py": TEST_APP,
-                 "start.py": START, "smoke.py": SMOKE}, message="A tiny shop")
+                 "smoke.py": SMOKE}, message="A tiny shop")
     sha = shop.commit({"README": "checkout\n"}, branch="feature/checkout", message="Checkout")
     run = {"server": live_server.url, "token": ops_token}
     base, port = tmp_path / "nodes" / "shop-1", free_port()
@@ -393,7 +360,5 @@ def test_a_new_application_goes_from_registration_to_a_node_serving_its_sha(
         assert nodes[1].split()[:2] == ["shop-1", "shop"] and sha[:10] in nodes[1]
         assert "feature/checkout" in nodes[1]
     finally:
-        pid_file = base / "shared" / "state" / "app.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            wait_until(lambda: port_closed(port), timeout=20, message="the shop app to stop")
+        stop_app(LocalTransport(), base, stop_timeout=1)
+        wait_until(lambda: port_closed(port), timeout=20, message="the shop app to stop")
