@@ -202,6 +202,23 @@ def test_one_build_cannot_take_every_worker(worker, repository, git_repo, settin
     assert greedy.status == "passed"
 
 
+@pytest.mark.django_db
+def test_a_waiting_job_is_sent_again_once_not_by_every_job_that_ends(monkeypatch):
+    """Every ending job dispatches waiting ones; two dispatchers must not both send the same
+    job (with 20 builds at once, that churn was a good part of the worker's CPU)."""
+    from pipeline.services import builds, jobs
+    from tests.factories import BuildFactory, JobFactory
+
+    sent = []
+    monkeypatch.setattr(builds, "_enqueue_jobs", lambda ids: sent.extend(ids))
+    build = BuildFactory(status="running")
+    waiting = [JobFactory(build=build, message=jobs.WAITING_PREFIX + "8 jobs of app are running")
+               for _ in range(3)]
+    assert jobs.dispatch_waiting_jobs(build.repository_id) == 3
+    assert jobs.dispatch_waiting_jobs(build.repository_id) == 0
+    assert sorted(sent) == sorted(job.pk for job in waiting)
+
+
 BOMB = "checks:\n  a: &a [" + ", ".join(["python3"] * 100) + "]\n" + "".join(
     f"  c{i}: *a\n" for i in range(500))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from nodes.transports import TransportError
@@ -78,11 +79,13 @@ def claim_job(job):
         running = (Job.objects.filter(status=Job.Status.RUNNING,
                                       build__repository_id=job.build.repository_id)
                    .exclude(stage="deploy"))
+        counts = running.aggregate(build=Count("id", filter=Q(build_id=job.build_id)),
+                                   repository=Count("id"))
         reason = ""
-        if running.filter(build_id=job.build_id).count() >= limits["JOBS_PER_BUILD"]:
+        if counts["build"] >= limits["JOBS_PER_BUILD"]:
             reason = (f"{limits['JOBS_PER_BUILD']} jobs of this build are running "
                       "(TRAINYARD_JOBS_PER_BUILD)")
-        elif running.count() >= limits["JOBS_PER_REPOSITORY"]:
+        elif counts["repository"] >= limits["JOBS_PER_REPOSITORY"]:
             reason = (f"{limits['JOBS_PER_REPOSITORY']} jobs of {job.build.repository.name} are "
                       "running (TRAINYARD_JOBS_PER_REPOSITORY)")
         if reason:
@@ -100,11 +103,17 @@ def dispatch_waiting_jobs(repository_id):
                .exclude(stage="deploy").count())
     if running >= limit:
         return 0
-    waiting = list(Job.objects.filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
-                                      build__status=Build.Status.RUNNING,
-                                      message__startswith=WAITING_PREFIX)
-                   .exclude(stage="deploy").order_by("build_id", "id")
-                   .values_list("pk", flat=True)[: limit - running])
+    # Every job that ends calls this: the waiting message is taken off in the same
+    # transaction as the pick (rows another dispatcher holds are skipped), so each waiting
+    # job is sent once, not by every dispatcher that saw it. A refused claim puts it back.
+    with transaction.atomic():
+        waiting = list(Job.objects.select_for_update(skip_locked=True, of=("self",))
+                       .filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
+                               build__status=Build.Status.RUNNING,
+                               message__startswith=WAITING_PREFIX)
+                       .exclude(stage="deploy").order_by("build_id", "id")
+                       .values_list("pk", flat=True)[: limit - running])
+        Job.objects.filter(pk__in=waiting).update(message="")
     enqueue_jobs(waiting)
     return len(waiting)
 
