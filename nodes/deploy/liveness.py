@@ -180,7 +180,8 @@ class _Managed(_App):
             if self.probe(with_port=False).app_running:
                 return None
             self.exited = True
-            return f"the app (pid {pid}) exited before it answered{self.tail()}"
+            command = shlex.join(expand(self.steps.run, self.node.env))
+            return f"the app `{command}` (pid {pid}) exited before it answered{self.tail()}"
 
         return exited
 
