@@ -247,7 +247,9 @@ def test_the_api_gives_lgtms_and_merges_or_says_why_not(client, repository, git_
 
 
 def test_acting_for_another_user_needs_the_permission(client, repository, pr, reviewer,
-                                                      admin_user):
+                                                      admin_user, developer):
+    from django.contrib.auth.models import Permission
+
     rita = ApiToken.issue(reviewer, "t")[1]
     other = UserFactory(username="olga", perms=["pipeline.add_lgtm"])
     refused = api(client, "/api/repos/app/pulls/1/lgtm", rita, {"as": "olga"})
@@ -257,6 +259,9 @@ def test_acting_for_another_user_needs_the_permission(client, repository, pr, re
     boss = ApiToken.issue(admin_user, "t")[1]
     assert api(client, "/api/repos/app/pulls/1/lgtm", boss, {"as": "olga"}).status_code == 201
     assert Lgtm.objects.get().user == other
+    assert api(client, "/api/repos/app/pulls/1/lgtm", boss, {"as": "dev"}).json()["error"] == \
+        "dev may not lgtm"  # whoever it is recorded for needs the permission too
+    developer.user_permissions.add(Permission.objects.get(codename="add_lgtm"))
     author = api(client, "/api/repos/app/pulls/1/lgtm", boss, {"as": "dev"})
     assert author.status_code == 409 and "an author cannot LGTM" in author.json()["error"]
     nobody = api(client, "/api/repos/app/pulls/1/lgtm", boss, {"as": "nobody"})
