@@ -5,13 +5,11 @@ import json
 import pytest
 
 from nodes.models import Node, NodeLease
-from pipeline.models import (ApiToken, Build, Event, Lgtm, PullRequest, ReleaseCandidate,
-                             Repository)
+from pipeline.models import ApiToken, Build, Event, Lgtm, PullRequest, ReleaseCandidate, Repository
 from pipeline.services import git, merge
 from pipeline.services.builds import record_commit
 from pipeline.services.merge import MergeRefused, merge_pull_request
-from pipeline.services.pulls import (PullRequestError, give_lgtm, open_pull_request,
-                                     sync_pull_requests)
+from pipeline.services.pulls import PullRequestError, give_lgtm, open_pull_request, sync_pull_requests
 from tests.factories import UserFactory
 from tests.helpers import build_ended, free_port
 
