@@ -15,6 +15,10 @@ pipeline_patterns = [
     path("repos/<slug:name>/pulls/<int:number>/", views.pull_request, name="pull_request"),
     path("repos/<slug:name>/pulls/<int:number>/close", views.close_pull_request,
          name="close_pull_request"),
+    path("repos/<slug:name>/pulls/<int:number>/lgtm", views.lgtm_pull_request,
+         name="lgtm_pull_request"),
+    path("repos/<slug:name>/pulls/<int:number>/merge", views.merge_pull_request,
+         name="merge_pull_request"),
     # API names are <str:…>, not <slug:…>: a name that is no slug still gets a JSON answer
     # naming what exists, not Django's HTML 404.
     path("api/repos", api.repository_collection, name="api_repos"),
