@@ -216,6 +216,13 @@ def test_a_push_noticed_by_the_sync_gets_a_master_build_and_red_makes_no_candida
     assert build.status == "failed"
     sync_pull_requests(repository)  # the same head again: no second build
     assert Build.objects.count() == 1
+    from pipeline.services.builds import request_build
+
+    git_repo.commit({"trainyard.yml": FAILING_SPEC + "# again\n"}, message="Still broken")
+    asked = request_build(repository, "master")[0]  # pushed, then built by hand (!bb master)
+    sync_pull_requests(repository)  # the sync notices a head that is built already
+    assert Build.objects.count() == 2 and asked.sha == git_repo.head()
+    build_ended(asked)
     assert not ReleaseCandidate.objects.exists()
 
 

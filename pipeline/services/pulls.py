@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from pipeline.models import Commit, Lgtm, PullRequest, Repository
+from pipeline.models import Build, Commit, Lgtm, PullRequest, Repository
 from pipeline.services import git
 from pipeline.services.events import record_event
 
@@ -148,6 +148,8 @@ def notice_default_head(repository, head=None):
     repository.default_branch_head = head
     if not moved or not seen:
         return None
+    if repository.builds.filter(kind=Build.Kind.MASTER, sha=head).exists():
+        return None  # built already (a merge here, or someone asked for it)
     try:
         return request_build(repository, repository.default_branch, via="sync")[0]
     except BuildRequestError as exc:
