@@ -4,7 +4,18 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
-from pipeline.models import ApiToken, Build, Commit, Event, Job, PullRequest, Repository, Variable
+from pipeline.models import (
+    ApiToken,
+    Build,
+    Commit,
+    Event,
+    Job,
+    Lgtm,
+    PullRequest,
+    ReleaseCandidate,
+    Repository,
+    Variable,
+)
 from pipeline.services.git import redact
 
 
@@ -41,7 +52,8 @@ class VariableInline(admin.TabularInline):
 
 @admin.register(Repository)
 class RepositoryAdmin(admin.ModelAdmin):
-    list_display = ["name", "provider", "default_branch", "clone_url_shown", "lgtms_required"]
+    list_display = ["name", "provider", "default_branch", "clone_url_shown", "lgtms_required",
+                    "dismiss_stale_lgtms"]
     search_fields = ["name"]
     inlines = [VariableInline]
 
@@ -58,11 +70,33 @@ class CommitAdmin(admin.ModelAdmin):
     search_fields = ["sha", "author_name", "author_email", "message"]
 
 
+class LgtmInline(admin.TabularInline):
+    model = Lgtm
+    fields = ["user", "sha", "created_at"]
+    readonly_fields = ["created_at"]
+    extra = 0
+
+
 @admin.register(PullRequest)
 class PullRequestAdmin(admin.ModelAdmin):
     list_display = ["__str__", "title", "branch", "state", "author_name", "updated_at"]
     list_filter = ["repository", "state"]
     search_fields = ["title", "branch"]
+    inlines = [LgtmInline]
+
+
+@admin.register(ReleaseCandidate)
+class ReleaseCandidateAdmin(admin.ModelAdmin):
+    # Written only where a master build ends green: read-only here.
+    list_display = ["__str__", "repository", "sha", "build", "created_at"]
+    list_filter = ["repository"]
+    search_fields = ["sha"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class JobInline(admin.TabularInline):

@@ -24,7 +24,7 @@ from nodes.transports import TransportError
 from pipeline import chatops, permissions
 from pipeline.models import ApiToken, Build, Job, PullRequest, Repository
 from pipeline.serializers import build_to_dict, node_to_dict, pull_to_dict, repository_to_dict
-from pipeline.services import pulls, repositories
+from pipeline.services import merge, pulls, repositories
 
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 20
@@ -251,9 +251,7 @@ def pull_collection(request, repository):
     return JsonResponse(pull_to_dict(pr), status=201 if created else 200)
 
 
-@api_endpoint(POST="close_pull_request")
-def pull_close(request, repository, number):
-    repository = _repository(repository)
+def _pull(repository, number):
     pr = repository.pull_requests.filter(number=number).first()
     if pr is None:
         numbers = list(repository.pull_requests.filter(state=PullRequest.State.OPEN)
@@ -261,10 +259,68 @@ def pull_close(request, repository, number):
         known = f"open: {', '.join(f'#{n}' for n in numbers)}" if numbers else \
             "it has no open pull requests"
         raise ApiError(f"no pull request #{number} in {repository.name}; {known}", 404)
+    return pr
+
+
+def _merge_view(pr):
+    """A pull request as the API shows it, with its LGTMs and merge commit."""
+    return {**pull_to_dict(pr), "merge_sha": pr.merge_sha,
+            "lgtms": [lgtm.user.get_username() for lgtm in pr.counted_lgtms()],
+            "merge_blockers": merge.merge_blockers(pr)}
+
+
+@api_endpoint(POST="close_pull_request")
+def pull_close(request, repository, number):
+    repository = _repository(repository)
+    pr = _pull(repository, number)
     pulls.close_pull_request(pr, reason=f"closed by {request.user.get_username()}",
                              user=request.user)
     pr.refresh_from_db()
     return JsonResponse(pull_to_dict(pr))
+
+
+def _reviewer(request, body):
+    """The caller, or the user named by `as` when the caller may act for others."""
+    name = body.get("as")
+    if name is None:
+        return request.user
+    if not isinstance(name, str) or not name:
+        raise ApiError("'as' is a user name")
+    from django.contrib.auth import get_user_model
+
+    other = get_user_model().objects.filter(username=name, is_active=True).first()
+    if other is None:
+        permissions.require(request.user, "act_for_others")  # no probing for names first
+        raise ApiError(f"no active user named {name!r}")
+    reviewer = permissions.acting_user(request.user, other)
+    permissions.require(reviewer, "lgtm")
+    return reviewer
+
+
+@api_endpoint(POST="lgtm")
+def pull_lgtm(request, repository, number):
+    repository = _repository(repository)
+    pr = _pull(repository, number)
+    reviewer = _reviewer(request, _json_body(request))
+    try:
+        _, created = pulls.give_lgtm(pr, reviewer, actor=request.user)
+    except pulls.PullRequestError as exc:
+        return _error(str(exc), 409)
+    return JsonResponse(_merge_view(pr), status=201 if created else 200)
+
+
+@api_endpoint(POST="merge")
+def pull_merge(request, repository, number):
+    repository = _repository(repository)
+    pr = _pull(repository, number)
+    try:
+        _, build = merge.merge_pull_request(pr, user=request.user)
+    except merge.MergeRefused as exc:
+        return _error(str(exc), 409)
+    pr.refresh_from_db()
+    body = _merge_view(pr)
+    body["master_build"] = build_to_dict(build, jobs=[]) if build else None
+    return JsonResponse(body)
 
 
 # Repositories ---------------------------------------------------------------------------

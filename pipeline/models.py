@@ -22,6 +22,12 @@ class Repository(models.Model):
     spec_path = models.CharField(max_length=200, default="trainyard.yml")
     provider = models.CharField(max_length=20, choices=Provider.choices, default=Provider.LOCAL)
     lgtms_required = models.PositiveSmallIntegerField(default=1)
+    dismiss_stale_lgtms = models.BooleanField(
+        default=False, help_text="An LGTM counts only for the head it was given on: a push "
+        "after it needs a new one. Off (as on GitHub by default): a push keeps it.")
+    default_branch_head = models.CharField(
+        max_length=40, blank=True, editable=False,
+        help_text="The default branch's head as last seen: a new one gets a master build.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -73,6 +79,8 @@ class PullRequest(models.Model):
     branch = models.CharField(max_length=255)
     head_sha = models.CharField(max_length=40, blank=True)
     state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    merge_sha = models.CharField(max_length=40, blank=True,
+                                 help_text="The merge commit on the default branch, once merged.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -100,6 +108,35 @@ class PullRequest(models.Model):
         build = self.latest_build
         return bool(self.state == self.State.OPEN and build and build.sha == self.head_sha
                     and build.status == Build.Status.PASSED)
+
+    def counted_lgtms(self):
+        """The LGTMs that count toward merging: all of them, or, when the repository
+        dismisses stale LGTMs, only those given on the current head."""
+        lgtms = self.lgtms.select_related("user")
+        if self.repository.dismiss_stale_lgtms:
+            lgtms = lgtms.filter(sha=self.head_sha)
+        return lgtms
+
+
+class Lgtm(models.Model):
+    """A reviewer's "looks good to me" on a pull request, at the head it was given on."""
+
+    pull_request = models.ForeignKey(PullRequest, on_delete=models.CASCADE, related_name="lgtms")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="lgtms")
+    sha = models.CharField(max_length=40, help_text="The pull request's head when given.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "LGTM"
+        ordering = ["pull_request_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["pull_request", "user"], name="lgtm_one_per_user"),
+        ]
+        permissions = [("act_for_others", "Act for another user (the command line's --as)")]
+
+    def __str__(self):
+        return f"{self.pull_request} LGTM by {self.user}"
 
 
 class BuildQuerySet(models.QuerySet):
@@ -250,6 +287,26 @@ class Job(models.Model):
         import shlex
 
         return shlex.join(self.command)
+
+
+class ReleaseCandidate(models.Model):
+    """A default-branch SHA whose master build passed: what a train may carry."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE,
+                                   related_name="release_candidates")
+    sha = models.CharField(max_length=40)
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="release_candidates")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "sha"], name="candidate_unique_sha"),
+            models.CheckConstraint(condition=Q(sha__regex=SHA_REGEX), name="candidate_sha_hex"),
+        ]
+
+    def __str__(self):
+        return f"{self.repository}@{self.sha[:10]}"
 
 
 class Variable(models.Model):

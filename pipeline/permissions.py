@@ -11,6 +11,12 @@ ACTIONS = {
     "build": "pipeline.add_build",
     "open_pull_request": "pipeline.add_pullrequest",
     "close_pull_request": "pipeline.change_pullrequest",
+    "lgtm": "pipeline.add_lgtm",
+    # Merging is gated by the rules themselves (green build, LGTMs): whoever may close a
+    # pull request may merge one that meets them.
+    "merge": "pipeline.change_pullrequest",
+    # Record an action in another user's name (`--as USER`): superusers, or a grant.
+    "act_for_others": "pipeline.act_for_others",
     "add_repository": "pipeline.add_repository",
     "remove_repository": "pipeline.delete_repository",
     "view_nodes": "nodes.view_node",
@@ -30,3 +36,14 @@ def require(user, action):
     if not can(user, action):
         who = user.get_username() if user and user.is_authenticated else "anonymous"
         raise PermissionDenied(f"{who} may not {action}")
+
+
+def acting_user(user, as_user):
+    """Who an action is recorded for: `user` itself, or `as_user` when `user` may act for
+    others. Raises PermissionDenied otherwise."""
+    if as_user is None or as_user == user:
+        return user
+    if not can(user, "act_for_others"):
+        raise PermissionDenied(f"{user.get_username()} may not act for another user "
+                               "(it needs the act_for_others permission)")
+    return as_user

@@ -15,6 +15,10 @@ pipeline_patterns = [
     path("repos/<slug:name>/pulls/<int:number>/", views.pull_request, name="pull_request"),
     path("repos/<slug:name>/pulls/<int:number>/close", views.close_pull_request,
          name="close_pull_request"),
+    path("repos/<slug:name>/pulls/<int:number>/lgtm", views.lgtm_pull_request,
+         name="lgtm_pull_request"),
+    path("repos/<slug:name>/pulls/<int:number>/merge", views.merge_pull_request,
+         name="merge_pull_request"),
     # API names are <str:…>, not <slug:…>: a name that is no slug still gets a JSON answer
     # naming what exists, not Django's HTML 404.
     path("api/repos", api.repository_collection, name="api_repos"),
@@ -22,6 +26,10 @@ pipeline_patterns = [
     path("api/repos/<str:repository>/pulls", api.pull_collection, name="api_pulls"),
     path("api/repos/<str:repository>/pulls/<int:number>/close", api.pull_close,
          name="api_pull_close"),
+    path("api/repos/<str:repository>/pulls/<int:number>/lgtm", api.pull_lgtm,
+         name="api_pull_lgtm"),
+    path("api/repos/<str:repository>/pulls/<int:number>/merge", api.pull_merge,
+         name="api_pull_merge"),
     path("api/repos/<str:repository>/builds", api.build_collection, name="api_builds"),
     path("api/repos/<str:repository>/commands", api.command, name="api_command"),
     path("api/builds/<int:build_id>", api.build_detail, name="api_build"),

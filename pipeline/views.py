@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from pipeline import chatops, permissions
 from pipeline.models import Build, Job, PullRequest, Repository, TestResult
-from pipeline.services import git, pulls
+from pipeline.services import git, merge, pulls
 
 # Per-test results a page shows at most, failing ones first: a report of 100,000 tests
 # made a 7 MB build page that took 4.5 s (bench/build_page.py). The rest are a link away.
@@ -61,7 +61,38 @@ def pull_request(request, name, number):
     return render(request, "pipeline/pull_request.html", {
         "pr": pr, "builds": builds, "can_build": permissions.can(request.user, "build"),
         "can_close": permissions.can(request.user, "close_pull_request"),
+        "can_lgtm": permissions.can(request.user, "lgtm"),
+        "can_merge": permissions.can(request.user, "merge"),
+        "lgtms": pr.counted_lgtms(), "merge_blockers": merge.merge_blockers(pr),
     })
+
+
+@login_required
+@require_POST
+def lgtm_pull_request(request, name, number):
+    pr = get_object_or_404(PullRequest.objects.select_related("repository"),
+                           repository__name=name, number=number)
+    try:
+        permissions.require(request.user, "lgtm")
+        pulls.give_lgtm(pr, request.user)
+    except (PermissionDenied, pulls.PullRequestError) as exc:
+        messages.error(request, str(exc))
+    return redirect(pr)
+
+
+@login_required
+@require_POST
+def merge_pull_request(request, name, number):
+    pr = get_object_or_404(PullRequest.objects.select_related("repository"),
+                           repository__name=name, number=number)
+    try:
+        permissions.require(request.user, "merge")
+        merged, _ = merge.merge_pull_request(pr, user=request.user)
+    except (PermissionDenied, merge.MergeRefused) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"merged into {pr.repository.default_branch} as {merged[:10]}")
+    return redirect(pr)
 
 
 @login_required

@@ -362,3 +362,41 @@ def test_a_new_application_goes_from_registration_to_a_node_serving_its_sha(
     finally:
         stop_app(LocalTransport(), base, stop_timeout=1)
         wait_until(lambda: port_closed(port), timeout=20, message="the shop app to stop")
+
+
+# LGTMs and merging ---------------------------------------------------------------------
+
+def test_pr_lgtm_as_another_user_and_merge_by_branch(live_server, repository, git_repo, developer,
+                                                    admin_user, token):
+    from pipeline.models import Build, Lgtm
+    from pipeline.services.builds import record_commit
+    from pipeline.services.pulls import open_pull_request
+    from tests.factories import UserFactory
+
+    git_repo.commit({"hello.txt": "hi\n"}, branch="feature/hello")
+    pr, _ = open_pull_request(repository, "feature/hello", user=developer)
+    UserFactory(username="bob", perms=["pipeline.add_lgtm"])
+    boss = ApiToken.issue(admin_user, "cli")[1]
+    refused = cli("pr", "merge", "app", "feature/hello", server=live_server.url, token=token)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("cannot merge #1: not good to merge: the branch has not "
+                                      "been built; needs 1 LGTM, has 0")
+    mine = cli("pr", "lgtm", "app", "1", "--as", "bob", server=live_server.url, token=token)
+    assert mine.returncode == 1
+    assert mine.stderr.strip() == "dev may not lgtm"
+    given = cli("pr", "lgtm", "app", "1", "--as", "bob", server=live_server.url, token=boss)
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.strip() == ("#1 LGTM: bob; not good to merge: the branch has not been "
+                                    "built")
+    assert Lgtm.objects.get().user.username == "bob"
+    Build.objects.create(repository=repository, commit=record_commit(repository, pr.head_sha),
+                         sha=pr.head_sha, branch=pr.branch, status=Build.Status.PASSED)
+    nothing = cli("pr", "merge", "app", "feature/nope", server=live_server.url, token=token)
+    assert (nothing.returncode, nothing.stderr.strip()) == (
+        1, "no open pull request for feature/nope in app")
+    merged = cli("pr", "merge", "app", "feature/hello", server=live_server.url, token=token)
+    assert merged.returncode == 0, merged.stderr
+    master = Build.objects.get(kind=Build.Kind.MASTER)
+    assert merged.stdout.strip() == (f"#1 merged as {git_repo.head()}; master build "
+                                     f"#{master.pk} queued")
+    assert PullRequest.objects.get().state == "merged"

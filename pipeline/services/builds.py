@@ -237,8 +237,23 @@ def end_build(build, outcome, message):
         ended = transition(build, outcome, finished_at=timezone.now(), message=message)
         if ended:
             release_node(build)
+            _record_candidate(build, outcome)
             transaction.on_commit(dispatch_waiting_deploys)
     return ended
+
+
+def _record_candidate(build, outcome):
+    """A green master build makes its SHA a release candidate; a red one never does. Only
+    the build's own ending gets here (the transition above), so this is the one writer."""
+    from pipeline.models import ReleaseCandidate
+
+    if build.kind != Build.Kind.MASTER or outcome != Build.Status.PASSED:
+        return
+    candidate, created = ReleaseCandidate.objects.get_or_create(
+        repository_id=build.repository_id, sha=build.sha, defaults={"build": build})
+    if created:
+        record_event("release_candidate.created", subject=build, new="candidate",
+                     message=f"{build.sha[:10]} passed its master build: a release candidate")
 
 
 def dispatch_waiting_deploys():

@@ -368,3 +368,71 @@ def remote_branches(url, *, timeout=None):
                    cwd="/", timeout=timeout, options=_network_options(timeout))
     lines = proc.stdout.decode("utf-8", "replace").splitlines()
     return [line.split("\trefs/heads/", 1)[1] for line in lines if "\trefs/heads/" in line]
+
+
+# Merging into a local provider's repository ----------------------------------------------
+#
+# The merge is made on the origin itself with plumbing, never in the fetch mirror: the
+# merged tree by `merge-tree --write-tree` (git 2.38+), the commit by `commit-tree`, and
+# the branch moved by `update-ref NEW OLD`, which moves it only if it is still at OLD, so
+# a push that lands in between is never overwritten. No working tree is touched.
+
+_ORIGIN_OPTIONS = ("-c", "core.hooksPath=/dev/null")
+
+
+class MergeConflict(GitError):
+    def __init__(self, files):
+        self.files = files
+        super().__init__(f"it does not merge cleanly: conflicts in {', '.join(files) or '?'}")
+
+
+def local_origin(repository):
+    """The path of a local provider's repository (its clone URL), checked to be one."""
+    path = Path(repository.clone_url)
+    if not path.is_absolute() or not path.is_dir():
+        raise GitError(f"{repository.name}'s clone URL is not a local repository path")
+    return path
+
+
+def origin_branch_head(origin, branch):
+    """The SHA `branch` points at in the repository at `origin`, or None."""
+    validate_branch(branch)
+    proc = run_git(["rev-parse", "--verify", "--quiet", "--end-of-options",
+                    f"refs/heads/{branch}^{{commit}}"], cwd=origin, check=False)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def is_ancestor(origin, ancestor, descendant):
+    validate_sha(ancestor)
+    validate_sha(descendant)
+    return run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=origin,
+                   check=False).returncode == 0
+
+
+def merge_commit(origin, base, head, message, *, name, email):
+    """A merge commit of `head` into `base`, written to `origin`'s objects (no ref moves).
+    Raises MergeConflict naming the files when the two do not merge cleanly."""
+    validate_sha(base)
+    validate_sha(head)
+    proc = run_git(["merge-tree", "--write-tree", "--name-only", "--no-messages", base, head],
+                   cwd=origin, check=False, options=_ORIGIN_OPTIONS)
+    lines = proc.stdout.decode("utf-8", "replace").splitlines()
+    if proc.returncode == 1:
+        raise MergeConflict(sorted({line for line in lines[1:] if line}))
+    if proc.returncode != 0 or not lines or not SHA.match(lines[0]):
+        raise GitError(f"git merge-tree failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
+    identity = ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+    proc = run_git(["commit-tree", lines[0], "-p", base, "-p", head, "-m", message],
+                   cwd=origin, options=[*_ORIGIN_OPTIONS, *identity])
+    return proc.stdout.decode().strip()
+
+
+def update_branch(origin, branch, new, old, *, reason):
+    """Move `branch` in `origin` from `old` to `new`. False when it is no longer at `old`
+    (someone pushed meanwhile): nothing was changed then."""
+    validate_branch(branch)
+    validate_sha(new)
+    validate_sha(old)
+    proc = run_git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old], cwd=origin,
+                   check=False, options=_ORIGIN_OPTIONS)
+    return proc.returncode == 0

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from pipeline.models import PullRequest
+from pipeline.models import Build, Commit, Lgtm, PullRequest, Repository
 from pipeline.services import git
 from pipeline.services.events import record_event
 
@@ -62,6 +62,46 @@ def close_pull_request(pr, *, reason="closed", state=PullRequest.State.CLOSED, u
     return bool(updated)
 
 
+def authors(pr):
+    """The users who wrote `pr`: the user who opened it, when that maps to one; else the
+    users whose e-mail is its head commit's author e-mail."""
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects.filter(is_active=True)
+    if pr.author_name and (opener := users.filter(username=pr.author_name).first()):
+        return [opener]
+    commit = Commit.objects.filter(repository=pr.repository, sha=pr.head_sha).first()
+    try:
+        email = commit.author_email if commit else git.commit_info(pr.repository,
+                                                                   pr.head_sha)["author_email"]
+    except (git.GitError, git.InvalidRef):
+        email = ""
+    return list(users.filter(email__iexact=email)) if email else []
+
+
+def give_lgtm(pr, user, *, actor=None):
+    """`user` says the pull request looks good, at its current head. Returns (lgtm, created);
+    a second LGTM by the same user moves theirs to the current head. `actor` is who asked,
+    when they act for `user`."""
+    if pr.repository.provider != Repository.Provider.LOCAL:
+        raise PullRequestError("LGTMs are given here only on pull requests of local repositories")
+    if pr.state != PullRequest.State.OPEN:
+        raise PullRequestError(f"#{pr.number} is {pr.state}: it takes no more LGTMs")
+    if user in authors(pr):
+        raise PullRequestError(f"{user.get_username()} wrote #{pr.number}: an author cannot "
+                               "LGTM their own pull request")
+    with transaction.atomic():
+        lgtm, created = Lgtm.objects.update_or_create(pull_request=pr, user=user,
+                                                      defaults={"sha": pr.head_sha})
+        via = f" (by {actor.get_username()})" if actor and actor != user else ""
+        record_event("pull_request.lgtm", subject=pr.repository, actor=actor or user,
+                     message=f"#{pr.number} LGTM from {user.get_username()} at "
+                             f"{pr.head_sha[:10]}{via}",
+                     data={"pull_request": pr.number, "user": user.get_username(),
+                           "sha": pr.head_sha})
+    return lgtm, created
+
+
 def record_push(repository, branch, sha):
     """A branch moved: its open pull request follows (and stops being good to merge)."""
     return PullRequest.objects.filter(repository=repository, branch=branch,
@@ -80,6 +120,7 @@ def sync_pull_requests(repository, *, timeout=None, wait=True):
 
 
 def _follow_branches(repository):
+    notice_default_head(repository)
     for pr in PullRequest.objects.filter(repository=repository, state=PullRequest.State.OPEN):
         try:
             head = git.resolve_branch_cached(repository, pr.branch)
@@ -87,6 +128,34 @@ def _follow_branches(repository):
             close_pull_request(pr, reason="its branch was deleted")
             continue
         record_push(repository, pr.branch, head)
+
+
+def notice_default_head(repository, head=None):
+    """A default-branch head Trainyard has not seen before gets a master build (checks
+    only). The first head ever seen is only noted: registering is not a push. Returns the
+    build, or None."""
+    from pipeline.services.builds import BuildRequestError, request_build
+
+    try:
+        head = head or git.resolve_branch_cached(repository, repository.default_branch)
+    except (git.InvalidRef, git.GitError):
+        return None
+    seen = Repository.objects.filter(pk=repository.pk).values_list("default_branch_head",
+                                                                   flat=True).first()
+    # Conditional: of two syncs noticing the same head, one requests its build.
+    moved = Repository.objects.filter(pk=repository.pk, default_branch_head=seen).exclude(
+        default_branch_head=head).update(default_branch_head=head)
+    repository.default_branch_head = head
+    if not moved or not seen:
+        return None
+    if repository.builds.filter(kind=Build.Kind.MASTER, sha=head).exists():
+        return None  # built already (a merge here, or someone asked for it)
+    try:
+        return request_build(repository, repository.default_branch, via="sync")[0]
+    except BuildRequestError as exc:
+        logger.warning("could not build %s's new %s head: %s", repository.name,
+                       repository.default_branch, exc)
+        return None
 
 
 def sync_local_repositories():

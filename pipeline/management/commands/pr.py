@@ -1,10 +1,19 @@
 """`manage.py pr open REPO BRANCH [--title T]`, `pr close REPO NUMBER`,
-`pr list REPO [--all]`: pull requests for the local git provider, through a running
+`pr list REPO [--all]`, `pr lgtm REPO NUMBER [--as USER]`, `pr merge REPO BRANCH|NUMBER`:
+pull requests for the local git provider, through a running
 Trainyard's API. Exit codes: 0 done, 1 refused or failed, 2 usage."""
 
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-from pipeline.client import CliCommand, add_server_arguments, client_from, printable, table
+from pipeline.client import (
+    REFUSED,
+    CliCommand,
+    CommandError,
+    add_server_arguments,
+    client_from,
+    printable,
+    table,
+)
 
 
 class Command(CliCommand):
@@ -23,7 +32,16 @@ class Command(CliCommand):
         listed.add_argument("repository")
         listed.add_argument("--all", action="store_true",
                             help="merged and closed ones too (most recent first)")
-        for each in (opened, closed, listed):
+        lgtm = sub.add_parser("lgtm", help="say a pull request looks good to you")
+        lgtm.add_argument("repository")
+        lgtm.add_argument("number", type=int)
+        lgtm.add_argument("--as", dest="as_user", metavar="USER",
+                          help="give it in USER's name (needs the act_for_others permission)")
+        merged = sub.add_parser("merge", help="merge a good-to-merge pull request with its "
+                                              "LGTMs into the default branch")
+        merged.add_argument("repository")
+        merged.add_argument("pull_request", metavar="BRANCH|NUMBER")
+        for each in (opened, closed, listed, lgtm, merged):
             add_server_arguments(each)
 
     def handle(self, *args, **options):
@@ -32,6 +50,20 @@ class Command(CliCommand):
         if options["action"] == "open":
             pr = client.request("POST", f"/api/repos/{repo}/pulls",
                                 {"branch": options["branch"], "title": options["title"]})
+        elif options["action"] == "lgtm":
+            body = {"as": options["as_user"]} if options["as_user"] else {}
+            pr = client.request("POST", f"/api/repos/{repo}/pulls/{options['number']}/lgtm", body)
+            self.stdout.write(f"#{pr['number']} LGTM: {', '.join(pr['lgtms'])}; "
+                              + ("; ".join(pr["merge_blockers"]) or "ready to merge"))
+            return
+        elif options["action"] == "merge":
+            number = self._number(client, repo, options["pull_request"])
+            pr = client.request("POST", f"/api/repos/{repo}/pulls/{number}/merge", {})
+            build = pr["master_build"]
+            self.stdout.write(f"#{pr['number']} merged as {pr['merge_sha']}"
+                              + (f"; master build #{build['id']} {build['status']}" if build
+                                 else "; its master build could not be queued"))
+            return
         elif options["action"] == "close":
             pr = client.request("POST", f"/api/repos/{repo}/pulls/{options['number']}/close", {})
         else:
@@ -45,6 +77,17 @@ class Command(CliCommand):
                 self.stdout.write(line)
             return
         self.stdout.write("  ".join(printable(cell) for cell in self._row(pr)))
+
+    @staticmethod
+    def _number(client, repo, wanted):
+        """A pull request number, or the open pull request of a branch name."""
+        if wanted.isdigit():
+            return int(wanted)
+        for pr in client.request("GET", f"/api/repos/{repo}/pulls?state=open")["pull_requests"]:
+            if pr["branch"] == wanted:
+                return pr["number"]
+        raise CommandError(f"no open pull request for {printable(wanted)} in "
+                           f"{printable(unquote(repo))}", returncode=REFUSED)
 
     @staticmethod
     def _row(pr):
