@@ -54,6 +54,7 @@ GOAL_RATIO = 1.3  # 20 builds at once vs the bare script's same work
 QUEUES = ["default", "checks", "deploys"]
 BUILD_TIMEOUT = 900
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH every sandboxed command gets
+LOCAL_NODE_PATH = "/usr/local/bin:/usr/bin:/bin"  # what install and run get on a local node
 STAGES = ("checks", "deploy", "smoke")
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -399,9 +400,9 @@ class Bare:
         _run(["tar", "-xzf", str(archive), "-C", str(release)])
         archive.unlink()
         (release / "REVISION").write_text(f"{sha}\n")
-        # What Trainyard gives install and start on a local node (the same interpreter first).
+        # What Trainyard gives install and run on a local node (nodes.services.deploys).
         env = {"HOST": "127.0.0.1", "PORT": str(port), "APP_STATE_DIR": f"{base}/shared/state",
-               "PATH": os.pathsep.join([str(Path(sys.executable).parent), SANDBOX_PATH]),
+               "PATH": LOCAL_NODE_PATH,
                "HOME": f"{base}/shared", "LANG": "C.UTF-8"}
         _run(self.spec.deploy["install"].argv, cwd=release, env=env)
         link = base / "current.tmp"

@@ -77,3 +77,19 @@ def test_it_raises_a_clear_error_for_a_missing_command():
 def test_it_names_a_missing_working_directory():
     with pytest.raises(TransportError, match="working directory does not exist: /nonexistent"):
         run(["true"], cwd="/nonexistent")
+
+
+@pytest.mark.django_db
+def test_a_local_nodes_app_does_not_get_trainyards_virtualenv(tmp_path):
+    """install, start and run on a local node see the system's tools, not the Python that
+    runs Trainyard with Django and every other package of its own."""
+    from nodes.models import Node
+    from nodes.services.deploys import step_environment
+    from tests.factories import BuildFactory
+
+    node = Node.objects.create(name="local-1", transport="local", user="", app_port=9999,
+                               base_path=str(tmp_path / "node"))
+    env = step_environment(node, BuildFactory())
+    result = LocalTransport().run(["python3", "-c", "import sys, django; print(sys.prefix)"],
+                                  env=env, timeout=30)
+    assert not result.ok and sys.prefix not in env["PATH"]

@@ -11,8 +11,6 @@ silent; the reaper then calls `recover_interrupted_deploy`, which frees the node
 """
 
 import logging
-import os
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from pipeline.statemachine import transition
 
 logger = logging.getLogger(__name__)
 # How every "why this deploy waits" message starts (allocation.why_no_node).
+LOCAL_NODE_PATH = "/usr/local/bin:/usr/bin:/bin"
 WAITING_FOR_NODE = "no usable branch node"
 
 
@@ -202,9 +201,10 @@ def step_environment(node, build):
         "TRAINYARD_NODE": node.name,
     }
     if node.transport == Node.Transport.LOCAL:
-        tools = str(Path(sys.executable).parent)
-        env.update({"PATH": os.pathsep.join([tools, "/usr/local/bin", "/usr/bin", "/bin"]),
-                    "HOME": f"{node.base_path.rstrip('/')}/shared", "LANG": "C.UTF-8"})
+        # The system's tools, never Trainyard's virtualenv: an app that imported Trainyard's
+        # packages here would pass on a local node and fail on a real one.
+        env.update({"PATH": LOCAL_NODE_PATH, "HOME": f"{node.base_path.rstrip('/')}/shared",
+                    "LANG": "C.UTF-8"})
     env.update({str(k): str(v) for k, v in (node.env or {}).items()})
     return env
 
