@@ -225,3 +225,16 @@ def browser(browser_type, browser_type_launch_args):
     browser = browser_type.launch(**browser_type_launch_args)
     yield browser
     browser.close()
+
+
+@pytest.fixture
+def make_node(db, tmp_path):
+    """make_node(name, repository=None, **fields): a local branch node with its own port
+    and folder."""
+    from nodes.models import Node
+
+    def make(name, repository=None, **fields):
+        return Node.objects.create(name=name, transport=Node.Transport.LOCAL, repository=repository,
+                                   app_port=9000 + Node.objects.count(),
+                                   base_path=str(tmp_path / name), **fields)
+    return make

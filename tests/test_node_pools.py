@@ -20,15 +20,6 @@ def repos(db):
     return RepositoryFactory(name="app"), RepositoryFactory(name="shop")
 
 
-@pytest.fixture
-def make_node(db, tmp_path):
-    def make(name, repository=None, **fields):
-        return Node.objects.create(name=name, transport=Node.Transport.LOCAL, repository=repository,
-                                   app_port=9000 + Node.objects.count(),
-                                   base_path=str(tmp_path / name), **fields)
-    return make
-
-
 def build_of(repository, branch="feature/x", **fields):
     return BuildFactory(repository=repository, commit__repository=repository, branch=branch, **fields)
 

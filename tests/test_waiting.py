@@ -33,15 +33,6 @@ def app(db):
 
 
 @pytest.fixture
-def make_node(db, tmp_path):
-    def make(name, repository=None, **fields):
-        return Node.objects.create(name=name, transport=Node.Transport.LOCAL, repository=repository,
-                                   app_port=9000 + Node.objects.count(),
-                                   base_path=str(tmp_path / name), **fields)
-    return make
-
-
-@pytest.fixture
 def no_key_file(settings):
     settings.TRAINYARD = {**settings.TRAINYARD, "SSH_KEY_FILE": ""}
 
