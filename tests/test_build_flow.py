@@ -194,3 +194,14 @@ def test_a_crash_inside_trainyard_ends_the_job_in_error(worker, repository, monk
     assert build.status == "error"
     job = build.jobs.first()
     assert job.status == "error" and "bug in a storage layer" in job.message
+
+
+@pytest.mark.django_db
+def test_a_report_of_one_test_says_one_test(tmp_path):
+    from pipeline.services.jobs import _store_test_results
+    from tests.factories import JobFactory
+
+    (tmp_path / "report.xml").write_text(
+        '<testsuite name="s" tests="1"><testcase classname="c" name="test_ok"/></testsuite>')
+    job = JobFactory(junit_path="report.xml")
+    assert _store_test_results(job, tmp_path) == "; 1 test, 0 failed"

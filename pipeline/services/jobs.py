@@ -199,4 +199,4 @@ def _store_test_results(job, workspace):
     TestResult.objects.filter(job=job).delete()  # an earlier attempt's, if any
     TestResult.objects.bulk_create(TestResult(job=job, **row) for row in rows)
     failed = sum(1 for row in rows if row["outcome"] in ("failed", "error"))
-    return f"; {len(rows)} tests, {failed} failed"
+    return f"; {len(rows)} test{'' if len(rows) == 1 else 's'}, {failed} failed"
