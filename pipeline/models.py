@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
+from django.utils.functional import cached_property
 
 SHA_REGEX = r"^[0-9a-f]{40}$"
 
@@ -96,8 +97,13 @@ class PullRequest(models.Model):
     def get_absolute_url(self):
         return reverse("pipeline:pull_request", args=[self.repository.name, self.number])
 
-    @property
+    def refresh_from_db(self, *args, **kwargs):
+        self.__dict__.pop("latest_build", None)
+        super().refresh_from_db(*args, **kwargs)
+
+    @cached_property
     def latest_build(self):
+        # Read once per instance: a page asks for it and for good_to_merge on every row.
         return (Build.objects.filter(repository_id=self.repository_id, branch=self.branch,
                                      kind=Build.Kind.BRANCH).order_by("-id").first())
 
