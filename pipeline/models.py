@@ -267,6 +267,10 @@ class Job(models.Model):
         default=1, help_text="Runs so far, counting this one: a job whose worker died runs again.")
     enqueued_at = models.DateTimeField(
         null=True, blank=True, help_text="When a task for it was last sent to the broker.")
+    environment = models.CharField(max_length=20, blank=True,
+                                   help_text="A train's job: the environment it deploys or tests.")
+    target_url = models.CharField(max_length=500, blank=True,
+                                  help_text="Where smoke or acceptance tests point (TARGET_URL).")
 
     objects = JobQuerySet.as_manager()
 
@@ -396,6 +400,10 @@ class Event(models.Model):
     node = models.ForeignKey(
         "nodes.Node", null=True, blank=True, on_delete=models.CASCADE, related_name="events"
     )
+    train = models.ForeignKey(
+        "pipeline.DeployTrain", null=True, blank=True, on_delete=models.CASCADE,
+        related_name="events"
+    )
     old = models.CharField(max_length=30, blank=True)
     new = models.CharField(max_length=30, blank=True)
     actor = models.ForeignKey(
@@ -447,3 +455,232 @@ class ApiToken(models.Model):
         raw = token.set_new_key()
         token.save()
         return token, raw
+
+
+class DeployTrainQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=DeployTrain.ACTIVE)
+
+
+class DeployTrain(models.Model):
+    """One trip of a candidate SHA through the lower environments, the authors' approval
+    and production (or, for a rollback, of the previous production SHA straight to
+    production). `pipeline.services.trains` is its one writer."""
+
+    class Kind(models.TextChoices):
+        TRAIN = "train"
+        ROLLBACK = "rollback"
+
+    class Status(models.TextChoices):
+        SCHEDULED = "scheduled"
+        DEPLOYING_LOWER = "deploying_lower"
+        TESTING = "testing"
+        AWAITING_APPROVAL = "awaiting_approval"
+        DEPLOYING_PRODUCTION = "deploying_production"
+        DEPLOYED = "deployed"
+        VETOED = "vetoed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    S = Status
+    TRANSITIONS = {
+        S.SCHEDULED: {S.DEPLOYING_LOWER, S.AWAITING_APPROVAL, S.DEPLOYING_PRODUCTION, S.FAILED,
+                      S.CANCELLED},
+        S.DEPLOYING_LOWER: {S.TESTING, S.FAILED, S.VETOED, S.CANCELLED},
+        # TESTING -> DEPLOYING_LOWER: the next environment.
+        S.TESTING: {S.DEPLOYING_LOWER, S.AWAITING_APPROVAL, S.FAILED, S.VETOED, S.CANCELLED},
+        S.AWAITING_APPROVAL: {S.DEPLOYING_PRODUCTION, S.VETOED, S.FAILED, S.CANCELLED},
+        # VETOED -> DEPLOYING_PRODUCTION: a release manager's force with --override-veto,
+        # only for a train whose acceptance tests all passed.
+        S.VETOED: {S.DEPLOYING_PRODUCTION},
+        S.DEPLOYING_PRODUCTION: {S.DEPLOYED, S.FAILED},
+    }
+    ACTIVE = {S.SCHEDULED, S.DEPLOYING_LOWER, S.TESTING, S.AWAITING_APPROVAL,
+              S.DEPLOYING_PRODUCTION}
+    ENDED = {S.DEPLOYED, S.VETOED, S.FAILED, S.CANCELLED}
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="trains")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TRAIN)
+    head_sha = models.CharField(max_length=40, help_text="What this train deploys.")
+    base_sha = models.CharField(max_length=40, blank=True,
+                                help_text="What production ran when the train started.")
+    candidate = models.ForeignKey(ReleaseCandidate, null=True, blank=True,
+                                  on_delete=models.SET_NULL, related_name="trains")
+    build = models.OneToOneField(Build, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="train",
+                                 help_text="Holds the train's deploy and acceptance jobs.")
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.SCHEDULED)
+    environment = models.CharField(max_length=20, blank=True,
+                                   help_text="The environment it is in (or waits for).")
+    message = models.TextField(blank=True, help_text="What it does or waits for, or why it ended.")
+    # "2026-12-02T09": one scheduled train per repository per hour, however many ticks.
+    schedule_slot = models.CharField(max_length=20, blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    started_via = models.CharField(max_length=20, blank=True)
+    forced_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                  on_delete=models.SET_NULL, related_name="+")
+    force_reason = models.TextField(blank=True)
+    override_veto = models.BooleanField(default=False)
+    override_lock = models.BooleanField(default=False)
+    acceptance_passed = models.BooleanField(
+        default=False, help_text="Every lower environment deployed and passed acceptance.")
+    approval_requested_at = models.DateTimeField(null=True, blank=True)
+    last_reminder_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DeployTrainQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository"],
+                condition=Q(status__in=["scheduled", "deploying_lower", "testing",
+                                        "awaiting_approval", "deploying_production"]),
+                name="train_one_active_per_repository"),
+            models.UniqueConstraint(fields=["repository", "schedule_slot"],
+                                    condition=~Q(schedule_slot=""), name="train_one_per_slot"),
+            models.CheckConstraint(condition=Q(head_sha__regex=SHA_REGEX), name="train_sha_hex"),
+        ]
+        permissions = [("release_manager", "Force, roll back, lock and unlock deploy trains")]
+
+    def __str__(self):
+        return f"{self.repository.name} train #{self.pk} ({self.head_sha[:10]})"
+
+    def get_absolute_url(self):
+        return reverse("pipeline:train", args=[self.repository.name, self.pk])
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE
+
+    def event_scope(self):
+        return {"repository_id": self.repository_id, "build_id": self.build_id,
+                "train_id": self.pk}
+
+
+class TrainCommit(models.Model):
+    """A commit a train carries, oldest first, with its pull request and mapped author."""
+
+    train = models.ForeignKey(DeployTrain, on_delete=models.CASCADE, related_name="train_commits")
+    commit = models.ForeignKey(Commit, on_delete=models.PROTECT, related_name="+")
+    position = models.PositiveIntegerField()
+    pull_request = models.ForeignKey(PullRequest, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                               on_delete=models.SET_NULL, related_name="+",
+                               help_text="Empty: the author maps to no user (shown, never asked).")
+    is_merge = models.BooleanField(default=False,
+                                   help_text="A merge commit: no change of its own, no author asked.")
+    reverts = models.CharField(max_length=40, blank=True,
+                               help_text="The SHA a revert commit undoes, if it says.")
+
+    class Meta:
+        ordering = ["train_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["train", "commit"], name="train_commit_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.train_id}: {self.commit}"
+
+
+class Approval(models.Model):
+    """An author's answer to a train: good, or bad with a reason (a veto)."""
+
+    class Verdict(models.TextChoices):
+        GOOD = "good"
+        BAD = "bad"
+
+    train = models.ForeignKey(DeployTrain, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="approvals")
+    verdict = models.CharField(max_length=4, choices=Verdict.choices)
+    reason = models.TextField(blank=True)
+    via = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["train_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["train", "user"], name="approval_one_per_user"),
+            models.CheckConstraint(condition=~Q(verdict="bad") | ~Q(reason=""),
+                                   name="approval_veto_has_reason"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} says {self.verdict} to train {self.train_id}"
+
+
+class Lock(models.Model):
+    """A release manager's lock on one environment of a repository, or on all of it
+    (`environment` empty). A train reaching it waits; unlocked or expired, it goes on."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="locks")
+    environment = models.CharField(max_length=20, blank=True,
+                                   help_text="Empty: every environment of the repository.")
+    reason = models.TextField()
+    locked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["repository", "environment"],
+                                    condition=Q(released_at__isnull=True),
+                                    name="lock_one_open_per_environment"),
+        ]
+
+    def __str__(self):
+        return f"{self.repository} {self.environment or 'all'} locked"
+
+
+class FreezeWindow(models.Model):
+    """A weekly window (e.g. Friday 16:00 to Monday 08:00) in which ticks start no train.
+    `repository` empty: every repository. Times are in the server's TIME_ZONE."""
+
+    repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="freeze_windows")
+    name = models.CharField(max_length=100)
+    start_weekday = models.PositiveSmallIntegerField(help_text="0 Monday … 6 Sunday")
+    start_time = models.TimeField()
+    end_weekday = models.PositiveSmallIntegerField(help_text="0 Monday … 6 Sunday")
+    end_time = models.TimeField()
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(start_weekday__lte=6, end_weekday__lte=6),
+                                   name="freeze_weekday_valid"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class Notification(models.Model):
+    """The in-app inbox: what Trainyard asked or told a user (e-mail and chat get copies)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="notifications")
+    train = models.ForeignKey(DeployTrain, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="notifications")
+    kind = models.CharField(max_length=30)
+    message = models.TextField()
+    url = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.user}: {self.kind}"
