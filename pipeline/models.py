@@ -196,6 +196,9 @@ class Build(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     requested_via = models.CharField(max_length=20, blank=True)
+    train = models.ForeignKey("pipeline.DeployTrain", null=True, blank=True,
+                              on_delete=models.CASCADE, related_name="builds",
+                              help_text="A train build: the train whose jobs it holds.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -506,9 +509,6 @@ class DeployTrain(models.Model):
                                 help_text="What production ran when the train started.")
     candidate = models.ForeignKey(ReleaseCandidate, null=True, blank=True,
                                   on_delete=models.SET_NULL, related_name="trains")
-    build = models.OneToOneField(Build, null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="train",
-                                 help_text="Holds the train's deploy and acceptance jobs.")
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.SCHEDULED)
     environment = models.CharField(max_length=20, blank=True,
                                    help_text="The environment it is in (or waits for).")
@@ -556,9 +556,17 @@ class DeployTrain(models.Model):
     def is_active(self):
         return self.status in self.ACTIVE
 
+    @cached_property
+    def build(self):
+        """The build holding its jobs now (a force over a veto runs production in a new one)."""
+        return self.builds.order_by("-id").first()
+
+    def refresh_from_db(self, *args, **kwargs):
+        self.__dict__.pop("build", None)
+        super().refresh_from_db(*args, **kwargs)
+
     def event_scope(self):
-        return {"repository_id": self.repository_id, "build_id": self.build_id,
-                "train_id": self.pk}
+        return {"repository_id": self.repository_id, "train_id": self.pk}
 
 
 class TrainCommit(models.Model):

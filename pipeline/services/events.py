@@ -11,9 +11,11 @@ def _scope(subject):
 
     if isinstance(subject, Job):
         build = subject.build
-        return {"repository_id": build.repository_id, "build_id": build.pk, "job_id": subject.pk}
+        return {"repository_id": build.repository_id, "build_id": build.pk, "job_id": subject.pk,
+                "train_id": build.train_id}
     if isinstance(subject, Build):
-        return {"repository_id": subject.repository_id, "build_id": subject.pk}
+        return {"repository_id": subject.repository_id, "build_id": subject.pk,
+                "train_id": subject.train_id}
     if isinstance(subject, Repository):
         return {"repository_id": subject.pk}
     scope = getattr(subject, "event_scope", None)
