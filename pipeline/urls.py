@@ -10,6 +10,7 @@ pipeline_patterns = [
     path("repos/<slug:name>/", views.repository, name="repository"),
     path("repos/<slug:name>/build", views.request_build, name="request_build"),
     path("builds/<int:build_id>/", views.build, name="build"),
+    path("repos/<slug:name>/trains/<int:train_id>/", views.train, name="train"),
     path("builds/<int:build_id>/jobs/<int:job_id>/tests/", views.job_tests, name="job_tests"),
     path("repos/<slug:name>/pulls/open", views.open_pull_request, name="open_pull_request"),
     path("repos/<slug:name>/pulls/<int:number>/", views.pull_request, name="pull_request"),

@@ -172,3 +172,14 @@ def _first_tests(job):
     failing = list(job.test_results.filter(outcome__in=FAILING)[:TESTS_SHOWN])
     room = TESTS_SHOWN - len(failing)
     return failing + (list(job.test_results.exclude(outcome__in=FAILING)[:room]) if room else [])
+
+
+def train(request, name, train_id):
+    # The page itself comes with the doors; until then, its data as JSON.
+    from django.http import JsonResponse
+
+    from pipeline.models import DeployTrain
+    from pipeline.services import trains
+
+    found = get_object_or_404(DeployTrain, repository__name=name, pk=train_id)
+    return JsonResponse(trains.status(found))
