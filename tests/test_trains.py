@@ -290,3 +290,77 @@ def test_the_spec_seeds_a_schedule_per_repository_that_ticks(world):
     assert (task.crontab.minute, task.crontab.hour) == ("0", "*")
     result = train_tick(world.repository.pk)
     assert result == f"started train #{DeployTrain.objects.get().pk}"
+
+
+def ship(world, manager, reason="ship"):
+    """A train with master's newest candidate, forced to production; returns it deployed."""
+    train = trains.start_train(world.repository)
+    trains.force(train, manager, reason)
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED, train.message
+    return train
+
+
+def test_production_batch_2_failing_rolls_back_touched_nodes_and_leaves_the_rest(
+        world, people, settings):
+    from nodes.models import Deployment
+
+    _, _, manager = people
+    settings.TRAINYARD = {**settings.TRAINYARD, "TRAIN_BATCH_SIZE": 1}
+    world.green()
+    v1 = ship(world, manager).head_sha
+    world.commit({"crash-on": "prod-2\n"}, "Crash on prod-2", author=BOB)
+    world.green()
+    train = trains.start_train(world.repository)
+    trains.force(train, manager, "ship it")
+    wait_for_train(train, T.FAILED, T.DEPLOYED, timeout=180)
+    assert train.status == T.FAILED
+    assert "prod-2" in train.message and "rolled back prod-1" in train.message
+    # prod-1 (off-cycle, batch 1) was switched and came back; prod-2 put itself back;
+    # prod-3 (batch 3) never got a command.
+    assert [serving(world.node(f"prod-{i}")) for i in (1, 2, 3)] == [v1] * 3
+    assert {world.node(f"prod-{i}").current_sha for i in (1, 2, 3)} == {v1}
+    outcomes = dict(Deployment.objects.filter(build=train.build, node__environment="production")
+                    .values_list("node__name", "status"))
+    assert outcomes == {"prod-1": "rolled_back", "prod-2": "rolled_back"}
+    assert not world.node("prod-3").draining
+    assert trains.production_sha(world.repository) == v1
+
+
+def test_a_rollback_takes_production_back_and_the_next_train_needs_a_newer_candidate(
+        world, people):
+    _, _, manager = people
+    world.green()
+    v1 = ship(world, manager).head_sha
+    world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+    world.green()
+    v2 = ship(world, manager).head_sha
+    rollback = trains.start_rollback(world.repository, manager, "v2 breaks checkout")
+    assert (rollback.kind, rollback.head_sha, rollback.base_sha) == ("rollback", v1, v2)
+    wait_for_train(rollback, T.DEPLOYED, T.FAILED, timeout=180)
+    assert rollback.status == T.DEPLOYED, rollback.message
+    assert [serving(world.node(f"prod-{i}")) for i in (1, 2, 3)] == [v1] * 3
+    assert trains.production_sha(world.repository) == v1
+    with pytest.raises(TrainError, match="no new green candidate"):
+        trains.start_train(world.repository)  # v2 is not shipped again by itself
+    world.commit({"b.txt": "fixed"}, "Fix bob's change", author=BOB)
+    v3 = world.green().sha
+    assert trains.start_train(world.repository).head_sha == v3
+
+
+def test_two_concurrent_approvals_move_the_train_once(world, people):
+    from tests.helpers import race
+
+    alice, bob, _ = people
+    world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+    world.green()
+    train = trains.start_train(world.repository)
+    wait_for_train(train, T.AWAITING_APPROVAL)
+    race(lambda user: trains.answer(DeployTrain.objects.get(pk=train.pk), user, "good"),
+         [(alice,), (bob,)])
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED
+    assert Event.objects.filter(train=train, kind="deploytrain.status",
+                                new="deploying_production").count() == 1
+    assert Job.objects.filter(build=train.build, name="production").count() == 1
+    assert Approval.objects.filter(train=train).count() == 2

@@ -44,7 +44,15 @@ def bring_up(node, steps, sha, *, host, port, replacing, restoring=False):
     kind = _Managed if steps.run else _SelfManaged
     app = kind(node, steps, sha, host, port, replacing)
     app.restoring = restoring
-    live = app.bring_up()
+    # TRAINYARD_SHA names the release that starts: a rollback starts an older one than the
+    # deploy's environment was made for, and an app that reports it must report that one.
+    deploy_env = node.env
+    if deploy_env and "TRAINYARD_SHA" in deploy_env and sha:
+        node.env = {**deploy_env, "TRAINYARD_SHA": sha}
+    try:
+        live = app.bring_up()
+    finally:
+        node.env = deploy_env
     node.log(live)
     return live
 
