@@ -209,7 +209,7 @@ def _status(repository, args, ctx):
     if train is None:
         return Outcome(f"{repository.name} has no deploy train yet")
     data = trains.status(train)
-    return Outcome(summary(data), train=train, data=data)
+    return Outcome(summary(data), train=train, data={"train": data})
 
 
 def _why(repository, args, ctx):
