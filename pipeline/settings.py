@@ -347,7 +347,30 @@ TRAINYARD = {
     "HEARTBEAT_SECONDS": env_int("TRAINYARD_HEARTBEAT_SECONDS", 5),
     "HEARTBEAT_TIMEOUT": env_int("TRAINYARD_HEARTBEAT_TIMEOUT", 30),
     "JOB_ATTEMPTS": env_int("TRAINYARD_JOB_ATTEMPTS", 2),
+    # The deploy train: production nodes per batch (after the off-cycle ones), how long a
+    # whole production rollout may take, when authors who have not answered are reminded.
+    "TRAIN_BATCH_SIZE": env_int("TRAINYARD_TRAIN_BATCH_SIZE", 10),
+    "PRODUCTION_TIMEOUT": env_int("TRAINYARD_PRODUCTION_TIMEOUT", 60 * 60),
+    "APPROVAL_REMINDER": env_int("TRAINYARD_APPROVAL_REMINDER", 30 * 60),
+    "TRAIN_MAX_COMMITS": env_int("TRAINYARD_TRAIN_MAX_COMMITS", 200),
+    # Approval requests and reminders: the inbox always, e-mail to users who have an
+    # address, and a Slack-compatible incoming webhook when this is set.
+    "SLACK_WEBHOOK_URL": env_secret("TRAINYARD_SLACK_WEBHOOK_URL"),
+    # How links in e-mails and chat messages start.
+    "PUBLIC_URL": env_str("TRAINYARD_PUBLIC_URL", "http://127.0.0.1:8000"),
 }
+
+# Approval requests and reminders also go out by e-mail. Standalone prints them to the
+# console; production sends through SMTP (EMAIL_HOST...).
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"
+                        if PRODUCTION else "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "trainyard@localhost")
 
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -377,4 +400,6 @@ CELERY_BEAT_SCHEDULE = {
                                  "schedule": 15.0},
     "check-node-health": {"task": "nodes.tasks.check_node_health", "schedule": 30.0},
     "sync-pull-requests": {"task": "pipeline.tasks.sync_pull_requests", "schedule": 30.0},
+    # Reminds authors who have not answered a train (TRAINYARD_APPROVAL_REMINDER).
+    "remind-train-authors": {"task": "pipeline.tasks.remind_train_authors", "schedule": 60.0},
 }

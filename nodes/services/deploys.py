@@ -162,6 +162,9 @@ def recover_interrupted_deploy(job, reason):
             if transition(deployment, Deployment.Status.FAILED, finished_at=timezone.now(),
                           message=message):
                 touched.add(deployment.node_id)
+        # A production rollout drains each node it deploys: put back the ones it left.
+        Node.objects.filter(pk__in=touched, environment=Node.Environment.PRODUCTION,
+                            draining=True).update(draining=False)
         for node in Node.objects.select_for_update().filter(held_by=job.build_id):
             Node.objects.filter(pk=node.pk).update(held_by=None)
             record_event("node.released", subject=node, data={"build": job.build_id},
@@ -209,14 +212,17 @@ def step_environment(node, build):
     return env
 
 
-def deploy_build(build, node, deploy_spec, *, log, on_tick=None):
-    """Deploy `build.sha` to `node` (which the build holds). Returns the Deployment."""
+def deploy_build(build, node, deploy_spec, *, log, on_tick=None,
+                 trigger=Deployment.Trigger.BRANCH):
+    """Deploy `build.sha` to `node` (a branch node the build holds, or a node of a train's
+    environment). Returns the Deployment."""
     from pipeline.spec import Spec
 
     steps = protocol.DeploySteps.from_spec(Spec.from_dict({"checks": {}, "deploy": deploy_spec}).deploy)
     try:
         deployment = Deployment.objects.create(node=node, build=build, sha=build.sha,
-                                               branch=build.branch, previous_sha=node.current_sha)
+                                               branch=build.branch, previous_sha=node.current_sha,
+                                               trigger=trigger)
     except IntegrityError:
         log(f"{node.name} is already being deployed to\n")
         return Deployment(node=node, sha=build.sha, status=Deployment.Status.FAILED,

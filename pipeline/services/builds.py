@@ -205,6 +205,13 @@ def finish_build_if_done(build_id):
     statuses = {status for _, status in rows}
     if not statuses or statuses & Job.ACTIVE:
         return False
+    if build.kind == Build.Kind.TRAIN:
+        # A train's build ends with its train, which decides what comes next.
+        from pipeline.services.trains import advance
+
+        if build.train_id:
+            advance(build.train_id)
+        return False
     if statuses == {Job.Status.PASSED} and build.spec:
         from pipeline.spec import Spec
 
@@ -254,6 +261,9 @@ def _record_candidate(build, outcome):
     if created:
         record_event("release_candidate.created", subject=build, new="candidate",
                      message=f"{build.sha[:10]} passed its master build: a release candidate")
+        from pipeline.services.train_schedule import ensure_schedule
+
+        ensure_schedule(build.repository, (build.spec or {}).get("train_schedule"))
 
 
 def dispatch_waiting_deploys():

@@ -436,3 +436,32 @@ def update_branch(origin, branch, new, old, *, reason):
     proc = run_git(["update-ref", "-m", reason, f"refs/heads/{branch}", new, old], cwd=origin,
                    check=False, options=_ORIGIN_OPTIONS)
     return proc.returncode == 0
+
+
+def commit_log(repository, head, *, base=None, limit=500):
+    """The commits reachable from `head` and not from `base`, oldest first, at most
+    `limit` (the newest ones). Each: sha, parents, author_name, author_email,
+    committed_at (ISO), message. Reads this host's mirror (fetched if it lacks `head`)."""
+    validate_sha(head)
+    path = ensure_commit(repository, head)
+    revs = [head] + ([f"^{validate_sha(base)}"] if base else [])
+    proc = run_git(["log", f"--max-count={int(limit)}", "--format=%H%x00%P%x00%an%x00%ae%x00%cI"
+                    "%x00%B%x1e", *revs, "--"], cwd=path)
+    commits = []
+    for record in proc.stdout.decode("utf-8", "replace").split("\x1e"):
+        record = record.strip("\n")
+        if not record:
+            continue
+        sha, parents, name, email, date, message = record.split("\x00", 5)
+        commits.append({"sha": sha, "parents": parents.split(), "author_name": name,
+                        "author_email": email, "committed_at": date, "message": message.strip()})
+    commits.reverse()
+    return commits
+
+
+def mirror_is_ancestor(repository, ancestor, descendant):
+    """Whether `ancestor` is reachable from `descendant`, in this host's mirror."""
+    validate_sha(ancestor)
+    path = ensure_commit(repository, validate_sha(descendant))
+    return run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=path,
+                   check=False).returncode == 0

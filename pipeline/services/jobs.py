@@ -33,6 +33,8 @@ __all__ = ["LogWriter", "run_job", "expand_variables", "dispatch_waiting_jobs"]
 logger = logging.getLogger(__name__)
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 WAITING_PREFIX = "waiting: "
+# Jobs that work on nodes, not in a sandbox: not counted against the check limits.
+NODE_STAGES = ("deploy", "train_deploy", "production")
 
 
 def expand_variables(argv, env):
@@ -50,9 +52,17 @@ def run_job(job_id):
         from nodes.services.deploys import run_deploy_job
 
         return run_deploy_job(job)  # it claims, runs and ends the job itself
+    if job.stage in ("train_deploy", "production"):
+        from nodes.services.environments import run_train_job
+
+        return run_train_job(job)
     if not claim_job(job):
         return None
-    extra = {"TARGET_URL": job.build.deploy_url} if job.stage == "smoke" else None
+    extra = None
+    if job.stage == "smoke":
+        extra = {"TARGET_URL": job.build.deploy_url}
+    elif job.stage == "acceptance":
+        extra = {"TARGET_URL": job.target_url, "TARGET_ENVIRONMENT": job.environment}
     workspace = JobWorkspace.for_job(job)
     try:
         with Heartbeat(job.pk):
@@ -78,7 +88,7 @@ def claim_job(job):
                               message="its build had already ended") and False
         running = (Job.objects.filter(status=Job.Status.RUNNING,
                                       build__repository_id=job.build.repository_id)
-                   .exclude(stage="deploy"))
+                   .exclude(stage__in=NODE_STAGES))
         counts = running.aggregate(build=Count("id", filter=Q(build_id=job.build_id)),
                                    repository=Count("id"))
         reason = ""
@@ -100,7 +110,7 @@ def dispatch_waiting_jobs(repository_id):
     """Queue again the oldest jobs that waited for a free slot in this repository."""
     limit = settings.TRAINYARD["JOBS_PER_REPOSITORY"]
     running = (Job.objects.filter(status=Job.Status.RUNNING, build__repository_id=repository_id)
-               .exclude(stage="deploy").count())
+               .exclude(stage__in=NODE_STAGES).count())
     if running >= limit:
         return 0
     # Every job that ends calls this: the waiting message is taken off in the same
@@ -111,7 +121,7 @@ def dispatch_waiting_jobs(repository_id):
                        .filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
                                build__status=Build.Status.RUNNING,
                                message__startswith=WAITING_PREFIX)
-                       .exclude(stage="deploy").order_by("build_id", "id")
+                       .exclude(stage__in=NODE_STAGES).order_by("build_id", "id")
                        .values_list("pk", flat=True)[: limit - running])
         Job.objects.filter(pk__in=waiting).update(message="")
     enqueue_jobs(waiting)

@@ -22,6 +22,7 @@ from django.utils import timezone
 from pipeline.models import Build, Job
 from pipeline.services import builds
 from pipeline.services.builds import BROKER_ERRORS, end_build, enqueue_jobs, finish_build_if_done
+from pipeline.services.jobs import NODE_STAGES
 from pipeline.statemachine import transition
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def reap_stuck_runs(now=None):
     reaped += _requeue_lost_tasks(now)
     for build in Build.objects.filter(status=Build.Status.RUNNING, jobs__isnull=False).distinct():
         reaped += bool(finish_build_if_done(build.pk))
+    # Trains waiting for a lock that expired, or whose advance task was lost, move on.
+    from pipeline.services.trains import advance_active
+
+    advance_active()
     return reaped
 
 
@@ -64,7 +69,7 @@ def _rerun_or_end(job, reason, now, attempts):
         else:
             moved = transition(job, Job.Status.ERROR, where=still, finished_at=now,
                                message=f"{reason}; gave up after {job.attempt} attempts")
-        if moved and job.stage == "deploy":
+        if moved and job.stage in NODE_STAGES:
             from nodes.services.deploys import recover_interrupted_deploy
 
             recover_interrupted_deploy(job, reason)
@@ -79,8 +84,9 @@ def _end_builds_that_never_started(now):
     """Starting a build only reads its spec (git, bounded by GIT_TIMEOUT)."""
     limit = now - timedelta(seconds=settings.TRAINYARD["GIT_TIMEOUT"] + 60)
     reaped = 0
+    # A train's build may have no job for hours (awaiting approval): its train ends it.
     for build in Build.objects.filter(status=Build.Status.RUNNING, jobs__isnull=True,
-                                      started_at__lt=limit):
+                                      started_at__lt=limit).exclude(kind=Build.Kind.TRAIN):
         reaped += end_build(build, Build.Status.ERROR,
                             "the worker starting this build stopped; build it again")
     return reaped

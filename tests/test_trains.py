@@ -1,0 +1,187 @@
+"""The deploy train end to end: real git repositories, green master builds run by the
+real worker, local nodes whose apps really run, acceptance tests in the sandbox. The
+schedule is driven directly (a tick is a function call): nothing here sleeps."""
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from pipeline.models import Approval, DeployTrain, Event, Job, TrainCommit
+from pipeline.services import trains
+from pipeline.services.trains import TrainError
+from tests.factories import UserFactory
+from tests.helpers import GitRepo
+from tests.trainworld import (
+    ACCEPTANCE,
+    ALICE,
+    APP,
+    BOB,
+    CAROL,
+    DRAIN,
+    SPEC,
+    TrainWorld,
+    serving,
+    wait_for_train,
+)
+
+T = DeployTrain.Status
+
+
+@pytest.fixture
+def people(transactional_db):
+    alice = UserFactory(username="alice", email="alice@example.com")
+    bob = UserFactory(username="bob", email="bob@example.com")
+    manager = UserFactory(username="rm", email="rm@example.com")
+    manager.user_permissions.add(Permission.objects.get(codename="release_manager"))
+    return alice, bob, manager
+
+
+def make_world(tmp_path, environments=("staging",)):
+    from tests.factories import RepositoryFactory
+
+    repo = GitRepo(tmp_path / "origin")
+    repo.commit({"trainyard.yml": SPEC.format(environments=", ".join(environments)),
+                 "app.py": APP, "drain.py": DRAIN, "acceptance.py": ACCEPTANCE},
+                message="The app", author=ALICE)
+    repository = RepositoryFactory(name="shop", clone_url=str(repo.path))
+    world = TrainWorld(repository, repo, tmp_path)
+    world.add_nodes(environments)
+    return world
+
+
+@pytest.fixture
+def world(worker, people, tmp_path):
+    world = make_world(tmp_path)
+    yield world
+    world.stop_apps()
+
+
+@pytest.fixture
+def world3(worker, people, tmp_path):
+    world = make_world(tmp_path, environments=("staging", "preview", "preprod"))
+    yield world
+    world.stop_apps()
+
+
+def test_no_candidate_means_no_train(world):
+    assert trains.tick(world.repository).startswith("no new green candidate for shop")
+    with pytest.raises(TrainError, match="no new green candidate"):
+        trains.start_train(world.repository)
+    assert not DeployTrain.objects.exists()
+
+
+def test_a_two_author_train_goes_through_every_environment_to_production(world3, people):
+    alice, bob, _ = people
+    world3.green()
+    bob_sha = world3.commit({"bye.txt": "bye\n"}, "Say goodbye", author=BOB)
+    head = world3.green().sha
+    assert head == bob_sha
+
+    train = trains.tick(world3.repository)
+    assert isinstance(train, DeployTrain) and train.head_sha == head
+    wait_for_train(train, T.AWAITING_APPROVAL, T.FAILED)
+    assert train.status == T.AWAITING_APPROVAL, train.message
+    assert train.message == "waiting for alice, bob to say !good"
+    for environment in ("staging", "preview", "preprod"):
+        assert serving(world3.node(f"{environment}-1")) == head
+        assert Job.objects.get(build=train.build, name=f"acceptance-{environment}").status == "passed"
+    # Production has not changed: nothing is deployed before every author says good.
+    assert all(serving(world3.node(f"prod-{i}")) is None for i in (1, 2, 3))
+    assert [c.author for c in TrainCommit.objects.filter(train=train)] == [alice, bob]
+    assert alice.notifications.filter(train=train, kind="approval_requested").exists()
+
+    trains.answer(train, alice, "good")
+    wait_for_train(train, T.AWAITING_APPROVAL)
+    assert train.message == "waiting for bob to say !good"  # one of two: it still waits
+    trains.answer(train, bob, "good")
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED, train.message
+    assert [serving(world3.node(f"prod-{i}")) for i in (1, 2, 3)] == [head] * 3
+    assert {world3.node(f"prod-{i}").current_sha for i in (1, 2, 3)} == {head}
+    assert trains.production_sha(world3.repository) == head
+    kinds = list(Event.objects.filter(train=train, kind="deploytrain.status")
+                 .order_by("id").values_list("new", flat=True))
+    assert kinds == ["deploying_lower", "testing", "deploying_lower", "testing",
+                     "deploying_lower", "testing", "awaiting_approval", "deploying_production",
+                     "deployed"]
+    # The next tick has nothing new to carry.
+    assert trains.tick(world3.repository).startswith("no new green candidate")
+
+
+def test_acceptance_failing_fails_the_train_and_production_never_changes(world):
+    world.commit({"broken": "yes\n"}, "Break acceptance")
+    world.green()
+    train = trains.start_train(world.repository)
+    wait_for_train(train, T.FAILED, T.AWAITING_APPROVAL)
+    assert train.status == T.FAILED
+    assert train.message.startswith("acceptance tests failed in staging")
+    assert all(serving(world.node(f"prod-{i}")) is None for i in (1, 2, 3))
+    # Its head is never carried again: the next tick needs a newer candidate.
+    assert trains.tick(world.repository).startswith("no new green candidate")
+    world.commit({"broken": None}, "Fix acceptance")
+    newer = world.green()
+    assert trains.start_train(world.repository).head_sha == newer.sha
+
+
+def test_a_veto_stops_the_train_and_a_force_needs_override_veto(world, people):
+    alice, bob, manager = people
+    world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+    world.green()
+    train = trains.start_train(world.repository)
+    wait_for_train(train, T.AWAITING_APPROVAL)
+    with pytest.raises(TrainError, match="a veto needs a reason"):
+        trains.answer(train, bob, "bad", "")
+    with pytest.raises(TrainError, match=r"only the train's authors \(alice, bob\)"):
+        trains.answer(train, UserFactory(username="mallory"), "good")
+    trains.answer(train, alice, "good")
+    trains.answer(train, bob, "bad", "the checkout page is slow")
+    train.refresh_from_db()
+    assert train.status == T.VETOED and train.message == "vetoed by bob: the checkout page is slow"
+    with pytest.raises(TrainError, match="answers are closed"):
+        trains.answer(train, alice, "good")
+    with pytest.raises(TrainError, match=r"vetoed by bob \(the checkout page is slow\): a veto "
+                                         r"stands unless --override-veto"):
+        trains.force(train, manager, "ship it")
+    assert all(serving(world.node(f"prod-{i}")) is None for i in (1, 2, 3))
+
+    trains.force(train, manager, "the slowness is known and fixed in prod config",
+                 override_veto=True)
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED, train.message
+    assert [serving(world.node(f"prod-{i}")) for i in (1, 2, 3)] == [train.head_sha] * 3
+
+
+def test_a_force_skips_the_waiting_for_answers(world, people):
+    _, bob, manager = people
+    world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+    world.green()
+    train = trains.start_train(world.repository)
+    trains.force(train, manager, "hotfix for the outage")  # before the authors are asked
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED
+    assert not Approval.objects.filter(train=train).exists()
+    assert train.forced_by == manager
+
+
+def test_unmapped_authors_are_shown_and_do_not_block(world, people):
+    world.commit({"c.txt": "c"}, "Contractor's change", author=CAROL)
+    world.green()
+    train = trains.start_train(world.repository)
+    wait_for_train(train, T.AWAITING_APPROVAL, T.DEPLOYING_PRODUCTION, T.DEPLOYED)
+    status = trains.status(train)
+    assert status["unmapped_authors"] == [{"name": "Carol Contractor",
+                                           "email": "carol@elsewhere.example"}]
+    assert [a["username"] for a in status["authors"]] == ["alice"]
+
+
+def test_two_ticks_in_one_hour_make_one_train(world):
+    from django.utils import timezone
+
+    world.green()
+    now = timezone.now().replace(minute=0, second=1)
+    first = trains.tick(world.repository, now=now)
+    assert isinstance(first, DeployTrain)
+    assert trains.tick(world.repository, now=now.replace(minute=30)).startswith("train #")
+    trains.cancel(first, UserFactory(username="ops"), "testing ticks")
+    assert trains.tick(world.repository, now=now.replace(minute=59)) == \
+        f"a train already started for {timezone.localtime(now):%Y-%m-%dT%H}"
+    assert DeployTrain.objects.count() == 1
