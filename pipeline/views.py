@@ -258,11 +258,13 @@ def _for_display(train, data):
         env["tone"] = tone(env.get("status"))
         for node in env["nodes"]:
             node["tone"] = tone(node.get("health"))
-        acceptance = env.get("acceptance")
-        if acceptance:
-            acceptance["tone"] = tone(acceptance.get("status"))
-            acceptance["url"] = _job_url(train, acceptance.get("job_id"))
-    for author in data["authors"]:
+        env["deploy_job"] = env.get("deploy") or env.get("job")  # production has a "job"
+        env.setdefault("acceptance", None)
+        for job in (env["acceptance"], env["deploy_job"]):
+            if job:
+                job["tone"] = tone(job.get("status"))
+                job["url"] = job.get("url") or _job_url(job.get("id"))
+    for author in [*data["authors"], *data.get("other_answers", [])]:
         author["tone"] = tone(author["answer"])
         author["answered_at"] = _when(author.get("answered_at"))
     for commit in data["commits"]:
@@ -276,10 +278,10 @@ def _when(value):
     return parse_datetime(value) if isinstance(value, str) else value
 
 
-def _job_url(train, job_id):
+def _job_url(job_id):
     build_id = Job.objects.filter(pk=job_id).values_list("build_id", flat=True).first() \
         if job_id else None
-    return reverse("pipeline:build", args=[build_id]) if build_id else ""
+    return f"{reverse('pipeline:build', args=[build_id])}#job-{job_id}" if build_id else ""
 
 
 def _pull_url(repo, pull):

@@ -71,7 +71,10 @@ def fake_status(train, *, job_id=None, lock=None):
         "finished_at": None, "forced_by": None, "force_reason": "",
         "environments": [
             {"name": env, "status": "passed",
-             "acceptance": {"status": "passed", "job_id": job_id, "message": "14 tests passed"},
+             "deploy": {"id": job_id, "build_id": None, "status": "passed", "message": "",
+                        "url": ""},
+             "acceptance": {"id": job_id, "build_id": None, "status": "passed",
+                            "message": "14 tests passed", "url": ""},
              "nodes": [{"name": f"{env}-1", "url": f"http://127.0.0.1:{next(ports)}/",
                         "sha": train.head_sha, "health": "healthy"}]}
             for env in ENVIRONMENTS],
@@ -102,8 +105,8 @@ def service(monkeypatch):
     from pipeline.models import Approval
 
     def answer(train, user, verdict, reason="", *, via="web"):
-        return Approval.objects.create(train=train, user=user, verdict=verdict, reason=reason,
-                                       via=via)
+        return Approval.objects.update_or_create(train=train, user=user, defaults={
+            "verdict": verdict, "reason": reason, "via": via})[0]
 
     def start(repository, **kwargs):
         return DeployTrain.objects.create(repository=repository, head_sha=HEAD, base_sha=BASE)
@@ -616,3 +619,138 @@ def test_train_status_escapes_terminal_controls(live_server, repository, train, 
     shown = train_cli("status", "app", server=live_server.url)
     assert "acceptance said \\x1b]0;owned\\x07\\x1b[2J\\u202e" in shown.stdout
     assert not any(ch in shown.stdout + shown.stderr for ch in "\x1b\x07\u202e")
+
+
+# The web pages -------------------------------------------------------------------------------
+
+@pytest.fixture
+def acceptance_job(repository):
+    from tests.factories import BuildFactory, CommitFactory, JobFactory
+
+    build = BuildFactory(commit=CommitFactory(repository=repository, sha=HEAD), branch="master")
+    return JobFactory(build=build, name="acceptance-staging", status="passed")
+
+
+def page_of(client, user, url):
+    if user:
+        client.force_login(user)
+    response = client.get(url)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_train_page_shows_commits_authors_environments_and_production(
+        client, repository, train, alice, service, acceptance_job):
+    from pipeline.models import PullRequest
+
+    PullRequest.objects.create(repository=repository, number=1, branch="feature/hello",
+                               title="Hello", head_sha="1" * 40)
+    service.status.side_effect = lambda t: fake_status(t, job_id=acceptance_job.pk)
+    html = page_of(client, None, f"/repos/app/trains/{train.pk}/")
+    for shown in (HEAD, "waiting for the authors&#x27; answers", "Say hello on the home page",
+                  "Carl Contractor", "not asked: no user has this e-mail", "staging-1",
+                  "http://127.0.0.1:9101/", "14 tests passed", "off-cycle", "web-3",
+                  '<span class="mark revert">revert</span>', '<span class="mark merge">merge</span>',
+                  '<a href="/repos/app/pulls/1/">#1</a>',
+                  f'<a href="/builds/{acceptance_job.build_id}/#job-{acceptance_job.pk}">'):
+        assert shown in html, shown
+    assert 'id="approve"' not in html and 'id="force"' not in html  # anonymous: no buttons
+
+
+@pytest.mark.django_db
+def test_buttons_show_only_to_those_allowed(client, repository, train, alice, viewer,
+                                            release_manager, service):
+    url = f"/repos/app/trains/{train.pk}/"
+    as_author = page_of(client, alice, url)
+    assert 'id="approve"' in as_author and 'id="veto"' in as_author
+    assert 'id="force"' not in as_author and 'id="rollback"' not in as_author
+    as_viewer = page_of(client, viewer, url)
+    assert 'id="approve"' not in as_viewer and 'id="veto"' not in as_viewer
+    as_manager = page_of(client, release_manager, url)
+    assert all(f'id="{button}"' in as_manager for button in ("approve", "veto", "force", "rollback"))
+    DeployTrain.objects.filter(pk=train.pk).update(status="deployed")
+    ended = page_of(client, alice, url)
+    assert 'id="approve"' not in ended and 'id="veto"' not in ended
+
+
+@pytest.mark.django_db
+def test_the_buttons_go_through_chat_ops(client, repository, train, alice, viewer, service):
+    client.force_login(alice)
+    response = client.post(f"/repos/app/trains/{train.pk}/approve", follow=True)
+    service.answer.assert_called_once_with(train, alice, "good", via="web")
+    assert f"alice says good to train #{train.pk}" in response.content.decode()
+    refused = client.post(f"/repos/app/trains/{train.pk}/veto", {"reason": "   "}, follow=True)
+    assert "A veto needs a reason" in refused.content.decode()
+    assert service.answer.call_count == 1
+    client.post(f"/repos/app/trains/{train.pk}/veto", {"reason": "footer broken"})
+    service.answer.assert_called_with(train, alice, "bad", "footer broken", via="web")
+    client.force_login(viewer)
+    service.answer.side_effect = trains.TrainError("viewer is not one of this train's authors")
+    shown = client.post(f"/repos/app/trains/{train.pk}/approve", follow=True).content.decode()
+    assert "viewer is not one of this train&#x27;s authors" in shown
+
+
+@pytest.mark.django_db
+def test_force_and_rollback_ask_first(client, repository, train, alice, release_manager, service):
+    url = f"/repos/app/trains/{train.pk}/force"
+    client.force_login(alice)
+    assert client.get(url).status_code == 403
+    client.force_login(release_manager)
+    asking = client.get(url).content.decode()
+    assert f"Force train #{train.pk} to production?" in asking and 'id="confirm-force"' in asking
+    unconfirmed = client.post(url, {"reason": "hotfix"})
+    assert unconfirmed.status_code == 200 and "needs a reason and your confirmation" in \
+        unconfirmed.content.decode()
+    service.force.assert_not_called()
+    done = client.post(url, {"reason": "hotfix", "confirmed": "yes", "override-lock": "1"})
+    assert done.status_code == 302 and done.url == train.get_absolute_url()
+    service.force.assert_called_once_with(train, release_manager, "hotfix", override_veto=False,
+                                          override_lock=True, via="web")
+    DeployTrain.objects.filter(pk=train.pk).update(status="deployed")
+    assert 'id="confirm-rollback"' in client.get("/repos/app/rollback").content.decode()
+    client.post("/repos/app/rollback", {"reason": "errors"})
+    service.start_rollback.assert_not_called()
+    back = client.post("/repos/app/rollback", {"reason": "errors", "confirmed": "yes"})
+    rollback = DeployTrain.objects.get(kind="rollback")
+    assert back.url == rollback.get_absolute_url()
+    service.start_rollback.assert_called_once_with(repository, release_manager, "errors", via="web")
+
+
+@pytest.mark.django_db
+def test_locks_start_and_the_trains_page(client, repository, release_manager, developer, service):
+    client.force_login(developer)
+    listing = page_of(client, developer, "/repos/app/trains/")
+    assert "Nothing is locked." in listing and 'id="lock-reason"' not in listing
+    client.post("/repos/app/locks", {"environment": "staging", "reason": "db upgrade"})
+    service.lock.assert_not_called()
+    client.force_login(release_manager)
+    client.post("/repos/app/locks", {"environment": "staging", "reason": "db upgrade",
+                                     "expires": "2h"})
+    assert service.lock.call_args.kwargs["environment"] == "staging"
+    listing = page_of(client, release_manager, "/repos/app/trains/")
+    assert "db upgrade" in listing and 'id="start-train"' in listing
+    client.post("/repos/app/unlock", {"environment": "staging"})
+    service.unlock.assert_called_once_with(repository, release_manager, environment="staging",
+                                           via="web")
+    started = client.post("/repos/app/trains/start")
+    assert started.url == DeployTrain.objects.get().get_absolute_url()
+    repository_page = page_of(client, release_manager, "/repos/app/")
+    assert f'href="{DeployTrain.objects.get().get_absolute_url()}" id="current-train"' in repository_page
+
+
+@pytest.mark.django_db
+def test_the_inbox_lists_newest_first_and_marks_read(client, alice, bob, train):
+    from pipeline.models import Notification
+
+    older = Notification.objects.create(user=alice, train=train, kind="approval",
+                                        message="Train #1 waits for your answer",
+                                        url=train.get_absolute_url())
+    newer = Notification.objects.create(user=alice, kind="reminder", message="Still waiting")
+    Notification.objects.create(user=bob, kind="approval", message="Bob's own")
+    assert client.get("/inbox/").status_code == 302  # log in first
+    html = page_of(client, alice, "/inbox/")
+    assert html.index("Still waiting") < html.index("Train #1 waits") and "Bob&#x27;s own" not in html
+    assert html.count('<span class="badge running">new</span>') == 2
+    assert all(n.read_at for n in Notification.objects.filter(pk__in=[older.pk, newer.pk]))
+    assert "badge running\">new" not in page_of(client, alice, "/inbox/")
