@@ -185,3 +185,107 @@ def test_two_ticks_in_one_hour_make_one_train(world):
     assert trains.tick(world.repository, now=now.replace(minute=59)) == \
         f"a train already started for {timezone.localtime(now):%Y-%m-%dT%H}"
     assert DeployTrain.objects.count() == 1
+
+
+def test_a_locked_environment_holds_the_train_until_unlocked(world, people):
+    alice, _, manager = people
+    world.green()
+    trains.lock(world.repository, manager, "database migration in staging", environment="staging")
+    with pytest.raises(TrainError, match="already staging locked by rm"):
+        trains.lock(world.repository, manager, "again", environment="staging")
+    train = trains.start_train(world.repository)
+    from tests.helpers import wait_until
+
+    wait_until(lambda: DeployTrain.objects.get(pk=train.pk).message.startswith("waiting at"),
+               message="the train to wait at staging")
+    train.refresh_from_db()
+    assert (train.status, train.environment) == (T.DEPLOYING_LOWER, "staging")
+    assert train.message == ("waiting at staging: staging locked by rm: database migration in "
+                             "staging")
+    assert not Job.objects.filter(build=train.build).exists()  # nothing deployed meanwhile
+    assert trains.why(world.repository, train.head_sha) == (
+        f"{train.head_sha[:10]} rides train #{train.pk}, which is waiting at staging: staging "
+        "locked by rm: database migration in staging; it goes on when unlocked")
+    trains.unlock(world.repository, manager, environment="staging")
+    wait_for_train(train, T.AWAITING_APPROVAL)
+    assert serving(world.node("staging-1")) == train.head_sha
+
+
+def test_a_freeze_window_makes_ticks_do_nothing(world, people):
+    from django.utils import timezone
+
+    from pipeline.models import FreezeWindow
+
+    _, _, manager = people
+    world.green()
+    now = timezone.localtime()
+    FreezeWindow.objects.create(name="weekend", start_weekday=now.weekday(),
+                                start_time=now.replace(hour=0, minute=0).time(),
+                                end_weekday=(now.weekday() + 1) % 7,
+                                end_time=now.replace(hour=0, minute=0).time())
+    assert trains.tick(world.repository, now=now).startswith("frozen: weekend")
+    with pytest.raises(TrainError, match="shop is frozen .*--override-lock"):
+        trains.start_train(world.repository)
+    assert not DeployTrain.objects.exists()
+    train = trains.start_train(world.repository, user=manager, override_lock=True)
+    assert train.override_lock
+
+
+def test_a_train_never_carries_a_commit_without_the_revert_that_follows_it(world, people):
+    alice, bob, _ = people
+    world.green()  # the app itself: the first candidate
+    bad = world.commit({"bad.txt": "oops\n"}, "Add a bad thing", author=ALICE)
+    world.green()
+    world.repo.git("revert", "--no-edit", bad, env={"GIT_AUTHOR_NAME": "Bob",
+                                                    "GIT_AUTHOR_EMAIL": "bob@example.com"})
+    revert = world.repo.head()
+    # The sync has seen the revert on master; its master build has not passed yet.
+    world.repository.default_branch_head = revert
+    world.repository.save()
+    train = trains.start_train(world.repository)
+    assert bad not in {c.commit.sha for c in train.train_commits.select_related("commit")}
+    trains.cancel(train, alice, "waiting for the revert")
+    world.green()
+    train = trains.start_train(world.repository)
+    rows = {c.commit.sha: c for c in train.train_commits.select_related("commit")}
+    assert train.head_sha == revert and bad in rows
+    assert rows[revert].reverts == bad and rows[revert].author == bob
+    assert [c for c in trains.status(train)["commits"] if c["sha"] == revert][0]["is_revert"]
+
+
+def test_authors_who_have_not_answered_are_reminded_once_per_wait(world, people, settings,
+                                                                  mailoutbox):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    alice, bob, _ = people
+    settings.TRAINYARD = {**settings.TRAINYARD, "APPROVAL_REMINDER": 600}
+    world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+    world.green()
+    train = trains.start_train(world.repository)
+    wait_for_train(train, T.AWAITING_APPROVAL)
+    assert sorted(m.to[0] for m in mailoutbox) == ["alice@example.com", "bob@example.com"]
+    trains.answer(train, alice, "good")
+    assert trains.remind_authors() == 0  # not due yet
+    later = timezone.now() + timedelta(seconds=601)
+    assert trains.remind_authors(now=later) == 1
+    assert trains.remind_authors(now=later) == 0
+    reminders = train.notifications.filter(kind="reminder")
+    assert [n.user for n in reminders] == [bob]
+    assert "still waits for bob" in reminders.get().message
+
+
+def test_the_spec_seeds_a_schedule_per_repository_that_ticks(world):
+    import json
+
+    from django_celery_beat.models import PeriodicTask
+
+    from pipeline.tasks import train_tick
+
+    world.green()
+    task = PeriodicTask.objects.get(name="deploy train: shop")
+    assert (task.task, json.loads(task.args)) == ("pipeline.tasks.train_tick", [world.repository.pk])
+    assert (task.crontab.minute, task.crontab.hour) == ("0", "*")
+    result = train_tick(world.repository.pk)
+    assert result == f"started train #{DeployTrain.objects.get().pk}"

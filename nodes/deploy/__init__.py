@@ -30,7 +30,8 @@ Modules: `base` (errors, `DeploySteps`, `DeployResult`), `archive` (the release 
 built on the controller), `health` (`check_health`), `node` (running commands on the
 node), `app` (the sh script that starts, stops and probes a `run:` app and who holds its
 port), `liveness` (stop, start, prove), `protocol` (`deploy_release`, `rollback`,
-`current_release`, `stop_app`).
+`current_release`, `stop_app`), `rollout` (the production rollout over many nodes:
+`rollout`, `RolloutTarget`, `NodeOutcome`, `RolloutResult`).
 """
 
 from .archive import file_sha256, make_archive
@@ -53,11 +54,13 @@ from .base import (
 from .health import HEALTH_INTERVAL, HEALTH_REQUEST_TIMEOUT, check_health, health_url
 from .liveness import UNPROVEN
 from .protocol import KEEP_RELEASES, current_release, deploy_release, rollback, stop_app
+from .rollout import NodeOutcome, RolloutResult, RolloutTarget, plan_batches, rollout
 
 __all__ = [
     "CHECKSUM_RE", "COMMAND_TIMEOUT", "HEALTH_INTERVAL", "HEALTH_REQUEST_TIMEOUT", "HEALTH_TIMEOUT",
     "INSTALL_TIMEOUT", "KEEP_RELEASES", "SHA_RE", "START_TIMEOUT", "DeployError", "DeployResult",
     "DeploySteps", "StepFailed", "StepRecord", "check_health", "current_release", "deploy_release",
     "file_sha256", "health_url", "make_archive", "rollback", "validate_sha", "STOP_TIMEOUT",
-    "UNPROVEN", "stop_app", "expand",
+    "UNPROVEN", "stop_app", "expand", "NodeOutcome", "RolloutResult", "RolloutTarget",
+    "plan_batches", "rollout",
 ]

@@ -9,7 +9,7 @@ import urllib.request
 from functools import partial
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import send_mass_mail
 from django.db import transaction
 
 from pipeline.models import Notification
@@ -40,8 +40,9 @@ def notify(users, train, kind, message, *, chat=True):
 
 
 def _mail(subject, body, recipients):
+    # One message per person: nobody's address is shown to the others.
     try:
-        send_mail(subject, body, None, recipients)
+        send_mass_mail([(subject, body, None, [address]) for address in recipients])
     except Exception:  # SMTP down, refused address...: the inbox still has it
         logger.warning("could not e-mail %s", recipients, exc_info=True)
 

@@ -218,9 +218,11 @@ def _contains(repository, descendant, ancestor):
 
 def _train_waits(train):
     """'is awaiting approval: waiting for alice to say !good' and the like."""
-    text = f"is {train.get_status_display().lower()}"
-    if train.message:
-        text += f": {train.message}"
+    if train.message.startswith("waiting"):
+        text = f"is {train.message}"
+    else:
+        text = f"is {train.get_status_display().lower()}"
+        text += f": {train.message}" if train.message else ""
     if train.status == T.AWAITING_APPROVAL:
         text += "; a release manager may !force it"
     lock = blocking_lock(train.repository, train.environment) if train.environment else None
