@@ -754,3 +754,83 @@ def test_the_inbox_lists_newest_first_and_marks_read(client, alice, bob, train):
     assert html.count('<span class="badge running">new</span>') == 2
     assert all(n.read_at for n in Notification.objects.filter(pk__in=[older.pk, newer.pk]))
     assert "badge running\">new" not in page_of(client, alice, "/inbox/")
+
+
+# With the real service: a train through every door ----------------------------------------
+
+@pytest.fixture
+def shop(worker, tmp_path):
+    """tests/test_trains.py's world: a real repository by alice and bob, local nodes for
+    staging and production (3), its apps stopped at the end."""
+    from tests.test_trains import make_world
+
+    world = make_world(tmp_path)
+    yield world
+    world.stop_apps()
+
+
+@pytest.fixture
+def shop_people(transactional_db):
+    return (UserFactory(username="alice", email="alice@example.com"),
+            UserFactory(username="bob", email="bob@example.com"),
+            UserFactory(username="rm", email="rm@example.com", perms=["pipeline.release_manager"]))
+
+
+def test_a_real_train_through_the_api_the_command_line_and_chat_ops(
+        shop_people, shop, live_server, admin_user, client):
+    from tests.trainworld import BOB, serving, wait_for_train
+
+    alice, bob, manager = shop_people
+    shop.commit({"bye.txt": "bye\n"}, "Say goodbye", author=BOB)
+    head = shop.green().sha
+    started = api(client, "POST", "/api/repos/shop/trains", user=manager)
+    assert started.status_code == 201, started.json()
+    train = DeployTrain.objects.get(pk=started.json()["train"]["id"])
+    wait_for_train(train, "awaiting_approval", "failed")
+    assert train.status == "awaiting_approval", train.message
+
+    shown = train_cli("status", "shop", server=live_server.url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[:2] == [f"shop train #{train.pk}: awaiting_approval ({train.message})",
+                         f"head {head}"]
+    staging = shop.node("staging-1")
+    assert any(line.split()[:4] == ["staging-1", "healthy", head[:10], staging.url]
+               for line in lines), shown.stdout
+    assert any(line.split()[:2] == ["prod-1", "(off-cycle)"] for line in lines), shown.stdout
+    assert [line.split() for line in lines if line.split()[:1] in (["alice"], ["bob"])] == [
+        ["alice", "waiting"], ["bob", "waiting"]]
+
+    with pytest.raises(chatops.CommandError, match="only the train's authors"):
+        chatops.execute(shop.repository, "!good", user=UserFactory(username="mallory"), via="chat")
+    assert chatops.execute(shop.repository, "!good", user=bob, via="chat").train == train
+    approved = train_cli("approve", "shop", "--as", "alice", server=live_server.url,
+                         user=admin_user)
+    assert approved.returncode == 0, approved.stderr
+    wait_for_train(train, "deployed", "failed", timeout=180)
+    assert train.status == "deployed", train.message
+    assert [serving(shop.node(f"prod-{i}")) for i in (1, 2, 3)] == [head] * 3
+    final = api(client, "GET", f"/api/trains/{train.pk}").json()
+    assert [(a["username"], a["answer"]) for a in final["authors"]] == [
+        ("alice", "good"), ("bob", "good")]
+    assert final["production"]["status"] == "deployed"
+    assert chatops.execute(shop.repository, "!status", user=bob, via="chat").message.startswith(
+        f"shop train #{train.pk} deployed at {head[:10]}")
+
+
+def test_real_refusals_reach_every_door_as_sentences(shop_people, shop, client, live_server):
+    alice, bob, manager = shop_people
+    nothing = api(client, "POST", "/api/repos/shop/trains", user=manager)
+    assert nothing.status_code == 400 and "no new green candidate" in nothing.json()["error"]
+    locked = train_cli("lock", "shop", "--environment", "staging", "--reason", "db upgrade",
+                       server=live_server.url, user=manager)
+    assert locked.returncode == 0, locked.stderr
+    twice = train_cli("lock", "shop", "--environment", "staging", "--reason", "again",
+                      server=live_server.url, user=manager)
+    assert twice.returncode == 1 and twice.stderr.strip()
+    assert api(client, "GET", "/api/repos/shop/locks").json()["locks"][0]["reason"] == "db upgrade"
+    unlocked = train_cli("unlock", "shop", "--environment", "staging", server=live_server.url,
+                         user=manager)
+    assert (unlocked.returncode, unlocked.stdout.strip()) == (0, "rm unlocked shop staging")
+    why = api(client, "POST", "/api/repos/shop/commands", {"text": "!why master"}, user=alice)
+    assert why.status_code == 200 and why.json()["message"]
