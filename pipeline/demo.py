@@ -1,5 +1,9 @@
 """Turn examples/demo-app into a real git repository Trainyard can watch and build.
 
+master holds the app; three feature branches start from it: feature/hello (Alice) and
+feature/bye (Bob) are green and merge cleanly together (they change different files), so
+both can ride one train; feature/broken (Bo) fails its unit tests.
+
 Only the standard library is imported, so this loads without Django settings.
 """
 
@@ -10,10 +14,14 @@ import tempfile
 from pathlib import Path
 
 DEMO_APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "demo-app"
-DEMO_BRANCHES = ("master", "feature/hello", "feature/broken")
+DEMO_BRANCHES = ("master", "feature/hello", "feature/broken", "feature/bye")
+# What a demo repository made by an older Trainyard has; the branches added since then
+# are added to it (see create_demo_repository).
+FIRST_BRANCHES = ("master", "feature/hello", "feature/broken")
 
 DANA = ("Dana Demo", "dana@example.com")
-ARI = ("Ari Author", "ari@example.com")
+ALICE = ("Alice", "alice@example.com")
+BOB = ("Bob", "bob@example.com")
 BO = ("Bo Breaker", "bo@example.com")
 
 # Build output and runtime state from local runs must not end up in the repository.
@@ -37,6 +45,32 @@ def test_farewell_uses_the_name():
 
 def test_farewell_defaults_to_the_world():
     assert farewell() == "Goodbye, world!"
+'''
+# feature/bye: a /bye endpoint in server.py (feature/hello changes greeting.py).
+BYE_IMPORT = ("from demo_app.greeting import greet\n",
+              "from demo_app.greeting import greet, normalize_name\n")
+BYE_HANDLER = '''def bye(config: Config, request: Request) -> Response:
+    name = request.query.get("name", [""])[0]
+    return json_response(200, {"farewell": f"Bye, {normalize_name(name)}!"})
+
+
+'''
+BYE_ROUTE = ('    "/hello": hello,\n', '    "/hello": hello,\n    "/bye": bye,\n')
+BYE_TEST = '''import json
+
+from demo_app.config import Config
+from demo_app.server import handle_request
+
+
+def test_bye_names_the_leaver(tmp_path):
+    config = Config("127.0.0.1", 0, "unknown", tmp_path)
+    response = handle_request(config, "GET", "/bye?name=Ada")
+    assert (response.status, json.loads(response.body)) == (200, {"farewell": "Bye, Ada!"})
+
+
+def test_bye_defaults_to_the_world(tmp_path):
+    response = handle_request(Config("127.0.0.1", 0, "unknown", tmp_path), "GET", "/bye")
+    assert json.loads(response.body) == {"farewell": "Bye, world!"}
 '''
 
 
@@ -72,6 +106,11 @@ def _is_complete(path):
     return branches is not None and set(DEMO_BRANCHES) <= branches
 
 
+def _is_older_demo(path):
+    branches = _branches(path)
+    return branches is not None and set(FIRST_BRANCHES) <= branches
+
+
 def _commit(repo, message, author):
     _git(repo, "add", "--all", author=author)
     _git(repo, "commit", "--quiet", "-m", message, author=author)
@@ -86,44 +125,88 @@ def _commit_master(repo):
     _commit(repo, "Build and deploy the demo app with Trainyard", DANA)
 
 
-def _commit_feature_hello(repo):
+def _replace(path, old, new):
+    source = path.read_text()
+    if old not in source:
+        raise RuntimeError(f"{path} no longer has {old.strip()!r}, which a demo branch changes")
+    path.write_text(source.replace(old, new, 1))
+
+
+def _say_goodbye(checkout):
     # A real change that keeps every check green.
-    _git(repo, "checkout", "--quiet", "-b", "feature/hello", "master")
-    greeting = repo / "demo_app" / "greeting.py"
+    greeting = checkout / "demo_app" / "greeting.py"
     greeting.write_text(greeting.read_text() + FAREWELL_CODE)
-    (repo / "tests" / "unit" / "test_farewell.py").write_text(FAREWELL_TEST)
-    _commit(repo, "Say goodbye too", ARI)
-    _git(repo, "checkout", "--quiet", "master")
+    (checkout / "tests" / "unit" / "test_farewell.py").write_text(FAREWELL_TEST)
 
 
-def _commit_feature_broken(repo):
+def _break_the_greeting(checkout):
     # Still lints, but breaks the unit tests that pin the greeting.
-    _git(repo, "checkout", "--quiet", "-b", "feature/broken", "master")
-    greeting = repo / "demo_app" / "greeting.py"
-    source = greeting.read_text()
-    if 'f"Hello, ' not in source:
-        raise RuntimeError(f"{greeting} no longer has the greeting this branch changes")
-    greeting.write_text(source.replace('f"Hello, ', 'f"Howdy, '))
-    _commit(repo, "Greet people the cowboy way", BO)
-    _git(repo, "checkout", "--quiet", "master")
+    _replace(checkout / "demo_app" / "greeting.py", 'f"Hello, ', 'f"Howdy, ')
+
+
+def _add_bye_endpoint(checkout):
+    # Green too, and only in server.py and a new test: merges cleanly with feature/hello.
+    server = checkout / "demo_app" / "server.py"
+    _replace(server, *BYE_IMPORT)
+    _replace(server, "\nROUTES: ", "\n" + BYE_HANDLER + "ROUTES: ")
+    _replace(server, *BYE_ROUTE)
+    (checkout / "tests" / "unit" / "test_bye.py").write_text(BYE_TEST)
+
+
+# Feature branch -> (its one commit's message, author, the change it makes).
+FEATURES = {
+    "feature/hello": ("Say goodbye too", ALICE, _say_goodbye),
+    "feature/broken": ("Greet people the cowboy way", BO, _break_the_greeting),
+    "feature/bye": ("Answer /bye", BOB, _add_bye_endpoint),
+}
+
+
+def _add_feature(repo, branch, base):
+    """Commit the feature's change on a new `branch` from `base`, in a worktree of its own:
+    the repository's checkout (master, and anything a person left in it) is not touched."""
+    message, author, change = FEATURES[branch]
+    checkout = Path(tempfile.mkdtemp(prefix="demo-branch-")) / "checkout"
+    try:
+        _git(repo, "worktree", "add", "--quiet", "-b", branch, str(checkout), base)
+        change(checkout)
+        _commit(checkout, message, author)
+        _git(repo, "worktree", "remove", str(checkout))
+    finally:
+        shutil.rmtree(checkout.parent, ignore_errors=True)
+        _git(repo, "worktree", "prune")
 
 
 def _build(repo):
     _git(repo, "init", "--quiet")
     _commit_master(repo)
-    _commit_feature_hello(repo)
-    _commit_feature_broken(repo)
+    for branch in FEATURES:
+        _add_feature(repo, branch, "master")
     if _git(repo, "status", "--porcelain"):
         raise RuntimeError(f"demo repository {repo} has uncommitted files")
+
+
+def _add_missing_features(path, branches):
+    """An older Trainyard's demo: add the feature branches it lacks, from where its first
+    feature branches started (master may have moved on since, with merges). Its existing
+    branches stay as they are: builds, pull requests and merges may point at them."""
+    fork_point = _git(path, "merge-base", "--octopus", *FIRST_BRANCHES).strip()
+    for branch in FEATURES:
+        if branch not in branches:
+            _add_feature(path, branch, fork_point)
 
 
 def create_demo_repository(path: Path) -> Path:
     """Create the demo repository at `path` (a non-bare repo, HEAD on master).
 
-    Idempotent: an existing repository with the demo branches is left as it is.
+    Idempotent: an existing repository with the demo branches is left as it is; one made
+    by an older Trainyard (without feature/bye) gets the branches it lacks, and keeps the
+    rest, authors included (feature/hello by Ari Author there, not Alice).
     """
     path = Path(path).absolute()
     if _is_complete(path):
+        return path
+    if _is_older_demo(path):
+        _add_missing_features(path, _branches(path))
         return path
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists and is not the demo repository")

@@ -103,8 +103,9 @@ def test_a_two_author_train_goes_through_every_environment_to_production(world3,
     assert kinds == ["deploying_lower", "testing", "deploying_lower", "testing",
                      "deploying_lower", "testing", "awaiting_approval", "deploying_production",
                      "deployed"]
-    # The next tick has nothing new to carry.
-    assert trains.tick(world3.repository).startswith("no new green candidate")
+    # The next train has nothing new to carry.
+    with pytest.raises(TrainError, match="no new green candidate for shop since production"):
+        trains.start_train(world3.repository)
 
 
 def test_acceptance_failing_fails_the_train_and_production_never_changes(world):

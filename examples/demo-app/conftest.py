@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,6 +20,10 @@ from demo_app.config import Config
 from demo_app.server import DemoServer
 
 Fetch = Callable[[str], tuple[int, HTTPMessage, str]]
+FULL_SHA = re.compile(r"[0-9a-f]{40}")
+# The release a local fallback server reports when this folder has none: made up, but full
+# length, as a deployed release's is.
+LOCAL_SHA = "0123456789abcdef0123456789abcdef01234567"
 # Tests talk to the app directly, never through a proxy configured in the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -88,5 +93,10 @@ def target_url(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFac
     if url:
         yield url.rstrip("/")
         return
-    with serve(local_config(tmp_path_factory.mktemp("state"))) as base_url:
+    if os.environ.get("TRAINYARD_SHA"):
+        # Under Trainyard a local server would test this checkout instead of the deployment.
+        pytest.fail("TRAINYARD_SHA is set but TARGET_URL is not: no deployment to test")
+    config = local_config(tmp_path_factory.mktemp("state"))
+    sha = config.sha if FULL_SHA.fullmatch(config.sha) else LOCAL_SHA
+    with serve(replace(config, sha=sha)) as base_url:
         yield base_url

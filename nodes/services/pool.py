@@ -94,15 +94,39 @@ def pin_host_key(node, token, *, fingerprint=None, user=None, max_age=600):
 
 def ensure_local_pool(base_dir, count=10, first_port=9101):
     """The standalone pool: local nodes under `base_dir`, each with its own app port."""
-    nodes = []
-    for index in range(1, count + 1):
-        node, _ = Node.objects.get_or_create(
-            name=f"branch-{index:02d}",
-            defaults={"environment": Node.Environment.BRANCH, "transport": Node.Transport.LOCAL,
-                      "host": "127.0.0.1", "app_port": first_port + index - 1, "user": "",
-                      "base_path": str(base_dir / f"branch-{index:02d}")})
-        nodes.append(node)
-    return nodes
+    return [_ensure_local_node(base_dir, f"branch-{index:02d}", first_port + index - 1,
+                               environment=Node.Environment.BRANCH)
+            for index in range(1, count + 1)]
+
+
+# The standalone train's nodes, in port order: name -> (environment, off-cycle).
+LOCAL_ENVIRONMENT_NODES = {
+    "staging-1": (Node.Environment.STAGING, False),
+    "preview-1": (Node.Environment.PREVIEW, False),
+    "preprod-1": (Node.Environment.PREPROD, False),
+    "production-1": (Node.Environment.PRODUCTION, True),  # the production rollout's first
+    "production-2": (Node.Environment.PRODUCTION, False),
+    "production-3": (Node.Environment.PRODUCTION, False),
+}
+
+
+def ensure_local_environments(base_dir, repository, first_port):
+    """The standalone train's nodes under `base_dir`, reserved for `repository`: one each
+    for staging, preview and pre-prod, and three for production, the first off-cycle; app
+    ports from `first_port` on. Like ensure_local_pool, a node that exists by its name is
+    left as the admin may have changed it."""
+    return [_ensure_local_node(base_dir, name, first_port + offset, environment=environment,
+                               off_cycle=off_cycle, repository=repository)
+            for offset, (name, (environment, off_cycle))
+            in enumerate(LOCAL_ENVIRONMENT_NODES.items())]
+
+
+def _ensure_local_node(base_dir, name, app_port, **fields):
+    node, _ = Node.objects.get_or_create(
+        name=name, defaults={"transport": Node.Transport.LOCAL, "host": "127.0.0.1",
+                             "app_port": app_port, "user": "", "base_path": str(base_dir / name),
+                             **fields})
+    return node
 
 
 # Registration ---------------------------------------------------------------------------

@@ -1,14 +1,26 @@
-"""First-run setup for the standalone mode: an admin account, its API token, the demo."""
+"""First-run setup for the standalone mode: an admin account, its API token, the demo
+(its repository, two teammates and local nodes for branches and every environment)."""
 
 import secrets
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db import transaction
 
 from pipeline.models import ApiToken, Repository
 
 ADMIN_USERNAME = "admin"
+# The demo's two authors: their e-mails are the demo repository's commit authors', so a
+# train maps its commits to them.
+TEAM = {"alice": "alice@example.com", "bob": "bob@example.com"}
+# What a team member does (build, open, close and merge pull requests, LGTM), and no more:
+# the admin (a superuser) is the demo's release manager.
+TEAM_PERMISSIONS = ("pipeline.add_build", "pipeline.add_pullrequest",
+                    "pipeline.change_pullrequest", "pipeline.add_lgtm")
+# The environment nodes' app ports start this far after the branch nodes' first one.
+ENVIRONMENT_PORT_OFFSET = 100
 
 
 def _write_private(path, text):
@@ -18,8 +30,8 @@ def _write_private(path, text):
     path.write_text(text)
 
 
-def credentials_path():
-    return Path(settings.VAR_DIR) / "admin-credentials.txt"
+def credentials_path(username=ADMIN_USERNAME):
+    return Path(settings.VAR_DIR) / f"{username}-credentials.txt"
 
 
 def token_path():
@@ -34,6 +46,31 @@ def ensure_admin():
     password = secrets.token_urlsafe(12)
     User.objects.create_superuser(ADMIN_USERNAME, "admin@localhost", password)
     _write_private(credentials_path(), f"username: {ADMIN_USERNAME}\npassword: {password}\n")
+    return password
+
+
+def ensure_team():
+    """alice and bob, each created once: {username: new password, or None if they existed}.
+    Their permissions are granted again at every start, so a demo made by an older version
+    gets what a team member needs now."""
+    return {username: ensure_team_member(username, email) for username, email in TEAM.items()}
+
+
+def ensure_team_member(username, email):
+    User = get_user_model()
+    permissions = [Permission.objects.get(content_type__app_label=app, codename=codename)
+                   for app, codename in (name.split(".") for name in TEAM_PERMISSIONS)]
+    password = None
+    with transaction.atomic():
+        user, created = User.objects.get_or_create(username=username, defaults={"email": email})
+        if created:
+            password = secrets.token_urlsafe(12)
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            # Inside the transaction: a password that could not be kept leaves no user.
+            _write_private(credentials_path(username),
+                           f"username: {username}\npassword: {password}\n")
+        user.user_permissions.add(*permissions)
     return password
 
 
@@ -63,9 +100,23 @@ def seed_local_nodes(count=10):
     """Ten local branch nodes under var/nodes/, the demo app on ports 9101-9110."""
     from nodes.services.pool import ensure_local_pool
 
+    if count > ENVIRONMENT_PORT_OFFSET:
+        raise ValueError(f"at most {ENVIRONMENT_PORT_OFFSET} local branch nodes: the "
+                         "environment nodes' ports come after theirs")
     base = Path(settings.TRAINYARD["NODE_BASE_DIR"])
     return ensure_local_pool(base, count=count,
                              first_port=int(settings.TRAINYARD["NODE_FIRST_PORT"]))
+
+
+def seed_environment_nodes(repository):
+    """The train's local nodes under var/nodes/, reserved for `repository`: staging,
+    preview, pre-prod and three production nodes (the first off-cycle), the demo app on
+    ports 9201-9206 (NODE_FIRST_PORT + 100 on)."""
+    from nodes.services.pool import ensure_local_environments
+
+    first_port = int(settings.TRAINYARD["NODE_FIRST_PORT"]) + ENVIRONMENT_PORT_OFFSET
+    return ensure_local_environments(Path(settings.TRAINYARD["NODE_BASE_DIR"]), repository,
+                                     first_port=first_port)
 
 
 def stop_local_apps():

@@ -588,8 +588,8 @@ def answer(train, user, verdict, reason="", *, via="web"):
                 if verdict == Approval.Verdict.BAD:
                     _end(locked, T.VETOED, f"vetoed by {user.get_username()}: {reason}",
                          actor=user)
-                else:
-                    transaction.on_commit(lambda: enqueue_advance(train.pk))
+            if verdict == Approval.Verdict.GOOD:
+                advance(train.pk)  # the answer's effect is visible when the door answers
             return approval
         except IntegrityError:
             if attempt:  # the same person's two clicks raced: the second one updates
@@ -635,7 +635,8 @@ def force(train, user, reason, *, override_veto=False, override_lock=False, via=
                              f"{' ' + flags if flags else ''}: {reason}")
         if locked.status == T.VETOED:
             _reopen_for_production(locked, user, via)
-        transaction.on_commit(lambda: enqueue_advance(train.pk))
+    advance(train.pk)
+    locked.refresh_from_db()
     return locked
 
 
@@ -702,7 +703,7 @@ def remind_authors(now=None):
 def advance_active_of(repository):
     for train_id in (DeployTrain.objects.active().filter(repository=repository)
                      .values_list("pk", flat=True)):
-        enqueue_advance(train_id)
+        advance(train_id)
 
 
 def lock(repository, user, reason, *, environment="", expires_at=None, via="web"):

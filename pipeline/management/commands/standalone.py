@@ -22,27 +22,34 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         password = standalone.ensure_admin()
         token = standalone.ensure_cli_token()
+        team = {}
         if not options["no_demo"]:
-            standalone.seed_demo()
+            repository = standalone.seed_demo()
             standalone.seed_local_nodes()
+            standalone.seed_environment_nodes(repository)
+            team = standalone.ensure_team()
         url = f"http://{options['host']}:{options['port']}"
-        self._banner(url, password, token)
+        self._banner(url, password, token, team)
         os.environ["TRAINYARD_URL"] = url
         self._serve(options["host"], options["port"])
 
-    def _banner(self, url, password, token):
+    def _banner(self, url, password, token, team):
         out = self.stdout
         out.write(self.style.SUCCESS(f"Trainyard is starting at {url}"))
         out.write(f"  radiator:  {url}/radiators/demo/")
         out.write(f"  admin:     {url}/admin/")
-        if password:
-            out.write(self.style.WARNING(
-                f"  admin login (shown once, kept in {standalone.credentials_path()}):"
-                f" admin / {password}"))
-        else:
-            out.write(f"  admin login: see {standalone.credentials_path()}")
+        for username, new_password in {standalone.ADMIN_USERNAME: password, **team}.items():
+            self._login(username, new_password)
         out.write(f"  CLI token: {token}")
         out.write("  try, in a second terminal: .venv/bin/python manage.py bb demo feature/hello --wait")
+
+    def _login(self, username, password):
+        kept = standalone.credentials_path(username)
+        if password:
+            self.stdout.write(self.style.WARNING(
+                f"  {username} login (shown once, kept in {kept}): {username} / {password}"))
+        else:
+            self.stdout.write(f"  {username} login: see {kept}")
 
     def _serve(self, host, port):
         import uvicorn

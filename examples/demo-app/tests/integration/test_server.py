@@ -30,7 +30,8 @@ def test_unknown_path(app_server, http_get):
 def test_drain_and_undrain(app_server, app_config_for_test, http_get):
     app_config_for_test.drain_flag.touch()
     status, _, body = http_get(f"{app_server}/health")
-    assert (status, json.loads(body)) == (503, {"status": "draining", "sha": SHA})
+    assert (status, json.loads(body)) == (503, {"status": "draining", "sha": SHA,
+                                              "in_flight": 0})
     # Draining only fails the health check: real requests are still served.
     assert http_get(f"{app_server}/version")[0] == 200
     app_config_for_test.drain_flag.unlink()

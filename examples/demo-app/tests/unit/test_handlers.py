@@ -21,11 +21,11 @@ def test_health_is_ok(config):
     assert json.loads(response.body) == {"status": "ok", "sha": SHA}
 
 
-def test_health_is_503_while_draining(config):
+def test_health_is_503_while_draining_and_counts_the_other_requests(config):
     config.drain_flag.touch()
-    response = handle_request(config, "GET", "/health")
+    response = handle_request(config, "GET", "/health", others_in_flight=2)
     assert response.status == 503
-    assert json.loads(response.body) == {"status": "draining", "sha": SHA}
+    assert json.loads(response.body) == {"status": "draining", "sha": SHA, "in_flight": 2}
 
 
 def test_version_is_the_sha(config):
