@@ -22,9 +22,15 @@ from nodes.models import Node
 from nodes.services import pool
 from nodes.transports import TransportError
 from pipeline import chatops, permissions
-from pipeline.models import ApiToken, Build, Job, PullRequest, Repository
-from pipeline.serializers import build_to_dict, node_to_dict, pull_to_dict, repository_to_dict
-from pipeline.services import merge, pulls, repositories
+from pipeline.models import ApiToken, Build, DeployTrain, Job, PullRequest, Repository
+from pipeline.serializers import (
+    build_to_dict,
+    lock_to_dict,
+    node_to_dict,
+    pull_to_dict,
+    repository_to_dict,
+)
+from pipeline.services import merge, pulls, repositories, trains
 
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 20
@@ -168,17 +174,24 @@ def _node(name):
 
 # Builds and chat-ops --------------------------------------------------------------------
 
-def _run_command(request, repository, text=None, *, name=None, args=()):
+def _run_command(request, repository, text=None, *, name=None, args=(), user=None, train=None):
+    """Run a chat-ops command as `user` (the caller, or whom it acts for); the answer is
+    {"message"} plus the build, train (its status) or lock the command made or changed."""
+    user = user or request.user
+    actor = request.user if user != request.user else None
     try:
         if text is not None:
-            outcome = chatops.execute(repository, text, user=request.user, via="api")
+            outcome = chatops.execute(repository, text, user=user, via="api", actor=actor)
         else:
-            outcome = chatops.run(repository, name, list(args), user=request.user, via="api")
+            outcome = chatops.run(repository, name, list(args), user=user, via="api",
+                                  train=train, actor=actor)
     except chatops.CommandError as exc:
         return _error(str(exc), exc.status)
-    body = {"message": outcome.message}
+    body = {"message": outcome.message, **outcome.data}
     if outcome.build is not None:
         body["build"] = build_to_dict(outcome.build)
+    if outcome.train is not None and "train" not in body:
+        body["train"] = trains.status(outcome.train)
     return JsonResponse(body, status=201 if outcome.created else 200)
 
 
@@ -197,10 +210,10 @@ def build_collection(request, repository):
 @api_endpoint(POST=None)  # chat-ops checks the command's own permission
 def command(request, repository):
     repository = _repository(repository)
-    text = _json_body(request).get("text")
-    if not isinstance(text, str):
+    body = _fields(_json_body(request), ("text", "as"), ())
+    if not isinstance(body.get("text"), str):
         return _error("'text' is required", 400)
-    return _run_command(request, repository, text)
+    return _run_command(request, repository, body["text"], user=_acting(request, body))
 
 
 @api_endpoint(GET=None)
@@ -279,7 +292,7 @@ def pull_close(request, repository, number):
     return JsonResponse(pull_to_dict(pr))
 
 
-def _reviewer(request, body):
+def _acting(request, body):
     """The caller, or the user named by `as` when the caller may act for others."""
     name = body.get("as")
     if name is None:
@@ -292,7 +305,11 @@ def _reviewer(request, body):
     if other is None:
         permissions.require(request.user, "act_for_others")  # no probing for names first
         raise ApiError(f"no active user named {name!r}")
-    reviewer = permissions.acting_user(request.user, other)
+    return permissions.acting_user(request.user, other)
+
+
+def _reviewer(request, body):
+    reviewer = _acting(request, body)
     permissions.require(reviewer, "lgtm")
     return reviewer
 
@@ -321,6 +338,119 @@ def pull_merge(request, repository, number):
     body = _merge_view(pr)
     body["master_build"] = build_to_dict(build, jobs=[]) if build else None
     return JsonResponse(body)
+
+
+# Deploy trains --------------------------------------------------------------------------
+#
+# Every change goes through chat-ops (`chatops.run`), which checks the permission: the
+# same refusals as `!good`, `!force`, … typed anywhere else. `as` acts for another user.
+
+TRAINS_LISTED = 20
+
+
+def _train(train_id):
+    train = DeployTrain.objects.select_related("repository").filter(pk=train_id).first()
+    if train is None:
+        raise ApiError(f"no deploy train #{train_id}", 404)
+    return train
+
+
+def _text(body, name, *, required=False):
+    value = body.get(name, "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ApiError(f"'{name}' is {'a required' if required else 'a'} string")
+    return value
+
+
+def _flag(body, name):
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ApiError(f"'{name}' is true or false")
+    return value
+
+
+@api_endpoint(GET=None, POST=None)  # POST: chat-ops checks `start_train`
+def train_collection(request, repository):
+    repository = _repository(repository)
+    if request.method == "GET":
+        recent = repository.trains.select_related("repository")[:TRAINS_LISTED]
+        return JsonResponse({"trains": [trains.status(train) for train in recent]})
+    body = _fields(_json_body(request), ("as",), ())
+    return _run_command(request, repository, name="train", user=_acting(request, body))
+
+
+@api_endpoint(GET=None)
+def train_current(request, repository):
+    repository = _repository(repository)
+    train = trains.current_train(repository)
+    if train is None:
+        raise ApiError(f"{repository.name} has no deploy train yet", 404)
+    return JsonResponse(trains.status(train))
+
+
+@api_endpoint(GET=None)
+def train_detail(request, train_id):
+    return JsonResponse(trains.status(_train(train_id)))
+
+
+TRAIN_ACTIONS = {  # action -> (fields, chat-ops command)
+    "approve": (("as",), "good"),
+    "veto": (("reason", "as"), "bad"),
+    "force": (("reason", "override_veto", "override_lock", "as"), "force"),
+}
+
+
+@api_endpoint(POST=None)  # chat-ops checks `approve` or `force`
+def train_action(request, train_id, action):
+    if action not in TRAIN_ACTIONS:
+        raise ApiError(f"no train action {action!r}; use {', '.join(TRAIN_ACTIONS)}", 404)
+    train = _train(train_id)
+    allowed, name = TRAIN_ACTIONS[action]
+    body = _fields(_json_body(request), allowed, ())
+    args = []
+    if action == "veto":
+        args = [_text(body, "reason", required=True)]
+    elif action == "force":
+        args = [f"--{flag.replace('_', '-')}" for flag in ("override_veto", "override_lock")
+                if _flag(body, flag)] + ["--", _text(body, "reason", required=True)]
+    return _run_command(request, train.repository, name=name, args=args, train=train,
+                        user=_acting(request, body))
+
+
+@api_endpoint(POST=None)  # chat-ops checks `rollback`
+def rollback(request, repository):
+    repository = _repository(repository)
+    body = _fields(_json_body(request), ("reason", "as"), ("reason",))
+    return _run_command(request, repository, name="rollback",
+                        args=[_text(body, "reason", required=True)], user=_acting(request, body))
+
+
+def _open_locks(repository):
+    return repository.locks.filter(released_at__isnull=True).select_related("locked_by",
+                                                                              "released_by")
+
+
+@api_endpoint(GET=None, POST=None)  # POST: chat-ops checks `lock`
+def lock_collection(request, repository):
+    """GET: the open locks. POST {reason, environment?, expires? ("2h"), as?}: lock."""
+    repository = _repository(repository)
+    if request.method == "GET":
+        return JsonResponse({"locks": [lock_to_dict(lock) for lock in _open_locks(repository)]})
+    body = _fields(_json_body(request), ("reason", "environment", "expires", "as"), ("reason",))
+    args = ["--environment", _text(body, "environment")]
+    if body.get("expires"):
+        args += ["--expires", _text(body, "expires")]
+    args += ["--", _text(body, "reason", required=True)]
+    return _run_command(request, repository, name="lock", args=args, user=_acting(request, body))
+
+
+@api_endpoint(POST=None)  # chat-ops checks `lock`
+def unlock(request, repository):
+    repository = _repository(repository)
+    body = _fields(_json_body(request), ("environment", "as"), ())
+    return _run_command(request, repository, name="unlock",
+                        args=["--environment", _text(body, "environment")],
+                        user=_acting(request, body))
 
 
 # Repositories ---------------------------------------------------------------------------

@@ -101,3 +101,13 @@ def node_to_dict(node):
         "host_key_fingerprint": pinned_fingerprint(node),
         "url": node.url,
     }
+
+
+def lock_to_dict(lock):
+    def name(user):
+        return user.get_username() if user else None
+
+    return {"environment": lock.environment, "reason": lock.reason,
+            "locked_by": name(lock.locked_by), "created_at": _time(lock.created_at),
+            "expires_at": _time(lock.expires_at), "released_at": _time(lock.released_at),
+            "released_by": name(lock.released_by)}

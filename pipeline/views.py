@@ -6,11 +6,14 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Case, Count, Max, Value, When
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from pipeline import chatops, permissions
-from pipeline.models import Build, Job, PullRequest, Repository, TestResult
-from pipeline.services import git, merge, pulls
+from pipeline.models import Build, DeployTrain, Job, Notification, PullRequest, Repository, TestResult
+from pipeline.services import git, merge, pulls, trains
 
 # Per-test results a page shows at most, failing ones first: a report of 100,000 tests
 # made a 7 MB build page that took 4.5 s (bench/build_page.py). The rest are a link away.
@@ -35,6 +38,9 @@ def repository(request, name):
         "pull_requests": repo.pull_requests.filter(state=PullRequest.State.OPEN),
         "can_build": permissions.can(request.user, "build"),
         "can_open": permissions.can(request.user, "open_pull_request"),
+        # What trains.current_train answers (the active train, else the latest), read here
+        # for display in one query.
+        "train": repo.trains.active().first() or repo.trains.first(),
     })
 
 
@@ -174,12 +180,202 @@ def _first_tests(job):
     return failing + (list(job.test_results.exclude(outcome__in=FAILING)[:room]) if room else [])
 
 
+# Deploy trains --------------------------------------------------------------------------
+#
+# Pages show `trains.status(train)`, the dict every door shows; each button is a POST
+# through `chatops.run`, which checks the permission. Force and rollback ask first, on a
+# page of their own (no script: the Content-Security-Policy allows none inline).
+
+TONES = {  # a status word -> the badge colour it wears
+    "passed": {"deployed", "passed", "good", "healthy", "succeeded", "done"},
+    "failed": {"failed", "vetoed", "bad", "unhealthy", "error"},
+    "running": {"deploying_lower", "testing", "deploying_production", "deploying", "running"},
+    "cancelled": {"cancelled", "skipped", "rolled_back"},
+}
+
+
+def tone(status):
+    return next((name for name, words in TONES.items() if status in words), "queued")
+
+
+def _command(request, repo, name, args, train=None):
+    """Run a chat-ops command for a button; the outcome, or None with the refusal shown."""
+    try:
+        outcome = chatops.run(repo, name, args, user=request.user, via="web", train=train)
+    except (chatops.CommandError, PermissionDenied) as exc:
+        messages.error(request, str(exc))
+        return None
+    messages.success(request, outcome.message)
+    return outcome
+
+
+def _train_or_404(name, train_id):
+    return get_object_or_404(DeployTrain.objects.select_related("repository"),
+                             repository__name=name, pk=train_id)
+
+
+def _open_locks(repo):
+    return repo.locks.filter(released_at__isnull=True).select_related("locked_by")
+
+
+def train_list(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    recent = list(repo.trains.select_related("started_by")[:50])
+    for item in recent:
+        item.tone = tone(item.status)
+    return render(request, "pipeline/trains.html", {
+        "repository": repo, "trains": recent, "locks": _open_locks(repo),
+        "environments": chatops.LOCKABLE,
+        "can_start": permissions.can(request.user, "start_train"),
+        "can_lock": permissions.can(request.user, "lock"),
+        "can_rollback": permissions.can(request.user, "rollback"),
+    })
+
+
 def train(request, name, train_id):
-    # The page itself comes with the doors; until then, its data as JSON.
-    from django.http import JsonResponse
+    item = _train_or_404(name, train_id)
+    data = _for_display(item, trains.status(item))
+    username = request.user.get_username() if request.user.is_authenticated else None
+    mine = next((a for a in data["authors"] if a["username"] == username), None)
+    release_manager = permissions.can(request.user, "force")
+    return render(request, "pipeline/train.html", {
+        "train": item, "status": data, "my_answer": mine,
+        # The service's rule: its authors or a release manager answer an active train.
+        "can_answer": item.is_active and permissions.can(request.user, "approve")
+        and (mine is not None or release_manager),
+        "can_force": release_manager and (item.is_active or item.status == item.Status.VETOED),
+        "can_rollback": permissions.can(request.user, "rollback"),
+    })
 
-    from pipeline.models import DeployTrain
-    from pipeline.services import trains
 
-    found = get_object_or_404(DeployTrain, repository__name=name, pk=train_id)
-    return JsonResponse(trains.status(found))
+def _for_display(train, data):
+    """The status dict with what a template cannot work out: badge tones, times as times,
+    links to pull requests and acceptance jobs."""
+    data = {**data, "tone": tone(data["status"])}
+    for key in ("created_at", "finished_at"):
+        data[key] = _when(data.get(key))
+    for env in [*data["environments"], data["production"]]:
+        env["tone"] = tone(env.get("status"))
+        for node in env["nodes"]:
+            node["tone"] = tone(node.get("health"))
+        env["deploy_job"] = env.get("deploy") or env.get("job")  # production has a "job"
+        env.setdefault("acceptance", None)
+        for job in (env["acceptance"], env["deploy_job"]):
+            if job:
+                job["tone"] = tone(job.get("status"))
+                job["url"] = job.get("url") or _job_url(job.get("id"))
+    for author in [*data["authors"], *data.get("other_answers", [])]:
+        author["tone"] = tone(author["answer"])
+        author["answered_at"] = _when(author.get("answered_at"))
+    for commit in data["commits"]:
+        commit["pull_url"] = _pull_url(train.repository, commit.get("pull_request"))
+    if data.get("lock"):
+        data["lock"] = {**data["lock"], "expires_at": _when(data["lock"].get("expires_at"))}
+    return data
+
+
+def _when(value):
+    return parse_datetime(value) if isinstance(value, str) else value
+
+
+def _job_url(job_id):
+    build_id = Job.objects.filter(pk=job_id).values_list("build_id", flat=True).first() \
+        if job_id else None
+    return f"{reverse('pipeline:build', args=[build_id])}#job-{job_id}" if build_id else ""
+
+
+def _pull_url(repo, pull):
+    """A commit's pull request as the status dict gives it: a number, or a dict with one."""
+    number = pull.get("number") if isinstance(pull, dict) else pull
+    return reverse("pipeline:pull_request", args=[repo.name, number]) if number else ""
+
+
+@login_required
+@require_POST
+def start_train(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    outcome = _command(request, repo, "train", [])
+    return redirect(outcome.train if outcome else reverse("pipeline:trains", args=[repo.name]))
+
+
+@login_required
+@require_POST
+def approve_train(request, name, train_id):
+    item = _train_or_404(name, train_id)
+    _command(request, item.repository, "good", [], train=item)
+    return redirect(item)
+
+
+@login_required
+@require_POST
+def veto_train(request, name, train_id):
+    item = _train_or_404(name, train_id)
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        messages.error(request, "A veto needs a reason: say what is wrong, for the authors "
+                                "and the release managers.")
+    else:
+        _command(request, item.repository, "bad", [reason], train=item)
+    return redirect(item)
+
+
+@login_required
+def force_train(request, name, train_id):
+    """GET: what forcing means, and the form that confirms it. POST with `confirmed`: force."""
+    item = _train_or_404(name, train_id)
+    permissions.require(request.user, "force")
+    reason = request.POST.get("reason", "").strip()
+    if request.method == "POST" and request.POST.get("confirmed") == "yes" and reason:
+        flags = [f"--{flag}" for flag in ("override-veto", "override-lock")
+                 if request.POST.get(flag)]
+        if _command(request, item.repository, "force", [*flags, "--", reason], train=item):
+            return redirect(item)
+    elif request.method == "POST":
+        messages.error(request, "Forcing needs a reason and your confirmation.")
+    return render(request, "pipeline/train_force.html", {
+        "train": item, "status": _for_display(item, trains.status(item)), "reason": reason})
+
+
+@login_required
+def rollback(request, name):
+    """GET: what a rollback does, and the form that confirms it. POST with `confirmed`."""
+    repo = get_object_or_404(Repository, name=name)
+    permissions.require(request.user, "rollback")
+    reason = request.POST.get("reason", "").strip()
+    if request.method == "POST" and request.POST.get("confirmed") == "yes" and reason:
+        outcome = _command(request, repo, "rollback", [reason])
+        if outcome:
+            return redirect(outcome.train)
+    elif request.method == "POST":
+        messages.error(request, "A rollback needs a reason and your confirmation.")
+    production = repo.trains.filter(status=DeployTrain.Status.DEPLOYED).first()
+    return render(request, "pipeline/rollback.html", {
+        "repository": repo, "production": production, "reason": reason})
+
+
+@login_required
+@require_POST
+def lock(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    args = ["--environment", request.POST.get("environment", "")]
+    if request.POST.get("expires", "").strip():
+        args += ["--expires", request.POST["expires"]]
+    _command(request, repo, "lock", [*args, "--", request.POST.get("reason", "")])
+    return redirect("pipeline:trains", repo.name)
+
+
+@login_required
+@require_POST
+def unlock(request, name):
+    repo = get_object_or_404(Repository, name=name)
+    _command(request, repo, "unlock", ["--environment", request.POST.get("environment", "")])
+    return redirect("pipeline:trains", repo.name)
+
+
+@login_required
+def inbox(request):
+    """The user's notifications, newest first; seeing them marks them read."""
+    notes = list(request.user.notifications.select_related("train__repository")[:100])
+    unread = [note.pk for note in notes if note.read_at is None]
+    Notification.objects.filter(pk__in=unread).update(read_at=timezone.now())
+    return render(request, "pipeline/inbox.html", {"notifications": notes, "unread": set(unread)})
