@@ -146,9 +146,11 @@ def why(repository, ref):
         return _why_sha(repository, ref, label=ref[:10])
     try:
         git.validate_branch(ref)
-        sha = git.resolve_branch_cached(repository, ref)
-    except (git.InvalidRef, git.GitError):
+        sha = git.resolve_branch(repository, ref)  # fetched: a mirror may not exist yet
+    except git.InvalidRef:
         return f"{ref} is neither a branch of {repository.name} nor a full SHA"
+    except (git.GitError, OSError) as exc:
+        return f"cannot read {repository.name} now: {exc}"
     if ref == repository.default_branch:
         return _why_sha(repository, sha, label=f"{ref} ({sha[:10]})")
     return _why_branch(repository, ref, sha)
