@@ -295,6 +295,20 @@ def test_it_rolls_back_every_touched_node_when_batch_2_fails_its_health_check(ma
     assert ("done", "b", True, False) in seen.calls and ("done", "b", True, True) in seen.calls
 
 
+def test_it_rolls_back_what_it_switched_when_cancelled_between_batches(make_nodes, releases):
+    _, v1, v2 = releases
+    first, second = make_nodes("first", "second")
+    assert deploy([first, second], releases, v1, steps()).ok
+    second_pid = second.app_pid()
+    cancel = threading.Event()
+    result = deploy([first, second], releases, v2, steps(), batch_size=1, cancel=cancel,
+                    on_node_done=lambda target, outcome: cancel.set())  # a cancel after batch 1
+    assert not result.ok
+    assert result.message == "the rollout was cancelled; rolled back first; second untouched"
+    assert first.current() == v1 and first.get() == f"ok {v1}"
+    assert second.current() == v1 and second.app_pid() == second_pid
+
+
 @pytest.mark.ssh
 def test_it_rolls_out_over_ssh_off_cycle_node_first(ssh_nodes, tmp_path, releases):
     _, v1, v2 = releases

@@ -173,14 +173,14 @@ class _Rollout:
     def run(self, batches, plan):
         started = 0
         for number, batch in enumerate(batches, 1):
-            if self.stopped():
+            if self.failed() or (self.cancel is not None and self.cancel.is_set()):
                 break
             kind = " (off-cycle)" if batch[0].off_cycle else ""
             self.say(f"batch {number}/{len(batches)}{kind}: {', '.join(t.name for t in batch)}")
             self.in_threads(batch, self.deploy_node)
             started = number
         untouched = [t for batch in batches[started:] for t in batch]
-        if not self.stopped():
+        if started == len(batches) and not self.failed():  # a cancel after the end changes nothing
             self.say(f"OK {self.sha} is live on {len(self.outcomes)} node(s)")
             return RolloutResult(True, f"deployed {self.sha[:SHORT_SHA]} to {len(self.outcomes)} "
                                  f"node{'s' if len(self.outcomes) != 1 else ''} in {len(batches)} "
@@ -199,9 +199,8 @@ class _Rollout:
         self.say(f"FAILED {message}")
         return RolloutResult(False, message, [o for _, o in self.outcomes], plan)
 
-    def stopped(self):
-        return (any(not o.ok for _, o in self.outcomes) or self.callback_error is not None
-                or (self.cancel is not None and self.cancel.is_set()))
+    def failed(self):
+        return any(not o.ok for _, o in self.outcomes) or self.callback_error is not None
 
     def why_stopped(self):
         failed = [(t, o) for t, o in self.outcomes if not o.ok]
