@@ -147,6 +147,8 @@ class Deployment(models.Model):
 
     TRANSITIONS = {
         Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK},
+        # A production node put back after another node of the rollout failed.
+        Status.SUCCEEDED: {Status.ROLLED_BACK},
     }
     ACTIVE = {Status.RUNNING}
 

@@ -74,6 +74,10 @@ class CliCommand(BaseCommand):
                 raise
             self.stderr.write(str(exc))
             sys.exit(exc.returncode)
+        except BrokenPipeError:
+            # `train status demo | head -1`: the reader has what it wanted.
+            sys.stderr.close()
+            sys.exit(0)
 
 
 class Client:

@@ -8,18 +8,16 @@ deployed twice by one train.
 """
 
 import logging
-import threading
 from functools import partial
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from nodes import deploy as protocol
 from nodes.models import Deployment, Node
 from nodes.services.connections import get_transport
 from nodes.services.deploys import (
-    _after_failure,
     archive_for,
     deploy_build,
     recover_interrupted_deploy,
@@ -112,44 +110,9 @@ def _lower_environment(job, build, log):
     return True, f"{build.sha[:10]} live on {names}"
 
 
-class _SharedLog:
-    """Lines from the rollout's threads, stored by the job's own thread (a LogWriter is
-    not thread-safe); `tick` from any thread stores them only when it is the owner."""
-
-    def __init__(self, writer):
-        self.writer, self.lines, self.lock = writer, [], threading.Lock()
-        self.owner = threading.get_ident()
-
-    def line(self, text):
-        with self.lock:
-            self.lines.append(text + "\n")
-
-    def tick(self):
-        if threading.get_ident() == self.owner:
-            self.flush()
-
-    def flush(self):
-        with self.lock:
-            lines, self.lines = self.lines, []
-        if lines:
-            self.writer.write("".join(lines))
-            self.writer.tick()
-
-
-def _closing_connection(work, owner):
-    """Run `work` (a rollout callback, maybe on one of its threads) and close that thread's
-    database connection after it: the rollout's threads are not Django's to clean up."""
-    def wrapper(*args):
-        try:
-            return work(*args)
-        finally:
-            if threading.get_ident() != owner:
-                connection.close()
-    return wrapper
-
-
 def _production(job, build, log):
-    """The production rollout through nodes.deploy.rollout, recorded node by node."""
+    """The production rollout through nodes.deploy.rollout, recorded node by node. Its
+    callbacks run in this thread (the rollout's own threads only talk to nodes)."""
     from nodes.deploy.rollout import RolloutTarget, rollout
     from pipeline.spec import Spec
 
@@ -172,7 +135,6 @@ def _production(job, build, log):
     trigger = TRIGGERS.get(train.kind, Deployment.Trigger.TRAIN)
     by_pk = {node.pk: node for node in todo}
     deployments = {}
-    shared = _SharedLog(log)
 
     def on_node_start(target):
         node = by_pk[target.key]
@@ -184,43 +146,38 @@ def _production(job, build, log):
                      message=f"{node.name} drained for {build.sha[:10]} (train #{train.pk})")
 
     def on_node_done(target, outcome):
-        Node.objects.filter(pk=target.key).update(draining=False)
-
-    owner = threading.get_ident()
+        # Recorded as each node finishes (and again if it is rolled back later): a worker
+        # killed mid-rollout leaves the nodes that are done recorded as done, and the job's
+        # next attempt skips them.
+        _record_node(outcome, by_pk[target.key], deployments.get(target.key), build, steps)
 
     targets = [RolloutTarget(key=node.pk, name=node.name, transport=partial(get_transport, node),
                              base=node.base_path, host=node.host, port=node.app_port,
                              env=step_environment(node, build), off_cycle=node.off_cycle)
                for node in todo]
     result = rollout(targets, build.sha, archive, checksum, steps,
-                     batch_size=settings.TRAINYARD["TRAIN_BATCH_SIZE"], log=shared.line,
-                     on_node_start=_closing_connection(on_node_start, owner),
-                     on_node_done=_closing_connection(on_node_done, owner), on_tick=shared.tick)
-    shared.flush()
-    close_old_connections()
-    _record_outcomes(result, deployments, by_pk, build, steps)
+                     batch_size=settings.TRAINYARD["TRAIN_BATCH_SIZE"],
+                     log=lambda line: log.write(line + "\n"),
+                     on_node_start=on_node_start, on_node_done=on_node_done, on_tick=log.tick)
     return result.ok, result.message
 
 
-def _record_outcomes(result, deployments, by_pk, build, steps):
+def _record_node(outcome, node, deployment, build, steps):
+    """The node's Deployment and current release as the rollout reports it."""
     now = timezone.now()
-    for outcome in result.outcomes:
-        node, deployment = by_pk[outcome.key], deployments.get(outcome.key)
-        Node.objects.filter(pk=node.pk).update(draining=False)
-        if outcome.ok and not outcome.rolled_back:
-            url = (protocol.health_url(steps.health, node.host, node.app_port)
-                   if steps.health else "")
-            Node.objects.filter(pk=node.pk).update(
-                current_sha=build.sha, current_branch=build.branch, last_changed_at=now,
-                health_url=url)
-            status = Deployment.Status.SUCCEEDED
-        elif outcome.rolled_back:
-            Node.objects.filter(pk=node.pk).update(current_sha=outcome.previous_sha or "",
-                                                   last_changed_at=now)
-            status = Deployment.Status.ROLLED_BACK
-        else:
-            status = Deployment.Status.FAILED
-            _after_failure(node)
-        if deployment is not None:
-            transition(deployment, status, finished_at=now, message=outcome.message[:2000],
-                       log=outcome.log)
+    Node.objects.filter(pk=node.pk).update(draining=False)
+    if outcome.rolled_back:
+        Node.objects.filter(pk=node.pk).update(current_sha=outcome.previous_sha or "",
+                                               last_changed_at=now)
+        status = Deployment.Status.ROLLED_BACK
+    elif outcome.ok:
+        url = protocol.health_url(steps.health, node.host, node.app_port) if steps.health else ""
+        Node.objects.filter(pk=node.pk).update(
+            current_sha=build.sha, current_branch=build.branch, last_changed_at=now,
+            health_url=url)
+        status = Deployment.Status.SUCCEEDED
+    else:
+        status = Deployment.Status.FAILED
+    if deployment is not None:
+        transition(deployment, status, finished_at=now, message=outcome.message[:2000],
+                   log=outcome.log)
