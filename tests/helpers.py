@@ -206,9 +206,12 @@ class Gate:
         return "\n".join(lines) + "\n"
 
     def open(self):
+        if self._listener is not None:
+            return  # already open
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.listen(50)
 
     def close(self):
         if self._listener is not None:
             self._listener.close()
+            self._listener = None

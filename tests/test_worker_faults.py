@@ -3,7 +3,6 @@ with separate var directories (two hosts), a real beat process running the reape
 private Redis, the suite's PostgreSQL database. Every wait is on observed state."""
 
 import json
-import shutil
 import time
 import uuid
 
@@ -13,49 +12,10 @@ from nodes.models import Deployment, Node
 from pipeline.models import Build, Job
 from pipeline.services.builds import request_build
 from tests.factories import RepositoryFactory
-from tests.faults import BeatProcess, RedisServer, WorkerProcess, database_url, find_processes, use_broker
-from tests.helpers import Gate, build_ended, free_port, port_closed, require, wait_until
+from tests.faults import find_processes
+from tests.helpers import Gate, build_ended, free_port, port_closed, wait_until
 
 pytestmark = pytest.mark.services
-
-# The workers and the reaper notice a silent job after this many seconds (default 30).
-HEARTBEAT_TIMEOUT = 10
-
-
-@pytest.fixture
-def services(transactional_db, settings):
-    """Environment for worker and beat processes: the test database and a private Redis."""
-    from django.db import connection
-
-    require(connection.vendor == "postgresql", "PostgreSQL (DATABASE_URL=postgres://...)")
-    require(shutil.which("redis-server"), "redis-server")
-    require(shutil.which("bwrap"), "bubblewrap (apt-get install bubblewrap)")
-    from pipeline.celery import app
-
-    with RedisServer() as redis, use_broker(app, redis.url()):
-        yield {"DATABASE_URL": database_url(connection.settings_dict), "REDIS_URL": redis.url(),
-               "TRAINYARD_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
-               "TRAINYARD_CACHE_DIR": str(settings.TRAINYARD["CACHE_DIR"])}
-
-
-@pytest.fixture
-def hosts(services, tmp_path):
-    """Two worker "hosts": each its own var directory (mirrors, workspaces, caches)."""
-    workers = [WorkerProcess(services, tmp_path / f"host-{name}", f"host-{name}", concurrency=2)
-               for name in ("a", "b")]
-    for worker in workers:
-        worker.start()
-    yield workers
-    for worker in workers:
-        worker.stop()
-        print(f"--- {worker.name} ---\n{worker.log()[-6000:]}")
-
-
-@pytest.fixture
-def beat(services, tmp_path):
-    with BeatProcess(services, tmp_path / "beat") as process:
-        yield process
-
 
 @pytest.fixture
 def repo(git_repo, services):

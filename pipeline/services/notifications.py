@@ -67,10 +67,15 @@ def post_to_chat(text):
 
 def ask_authors(train, authors):
     names = ", ".join(user.get_username() for user in authors)
+    from pipeline.spec import Spec
+
+    environments = list(Spec.from_dict(train.build.spec).environments)
+    passed = (f"passed {', '.join(environments)} and its acceptance tests" if environments
+              else "is ready for production")
     notify(authors, train, "approval_requested",
-           f"Train #{train.pk} of {train.repository.name} ({train.head_sha[:10]}) passed "
-           f"staging, preview and pre-prod and carries your changes: is it good? Answer "
-           f"!good, or !bad <reason> to stop it. Asked: {names}.")
+           f"Train #{train.pk} of {train.repository.name} ({train.head_sha[:10]}) {passed} "
+           f"and carries your changes: is it good? Answer !good, or !bad <reason> to stop "
+           f"it. Asked: {names}.")
 
 
 def remind(train, pending):
