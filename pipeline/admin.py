@@ -6,14 +6,20 @@ from django.utils.cache import add_never_cache_headers
 
 from pipeline.models import (
     ApiToken,
+    Approval,
     Build,
     Commit,
+    DeployTrain,
     Event,
+    FreezeWindow,
     Job,
     Lgtm,
+    Lock,
+    Notification,
     PullRequest,
     ReleaseCandidate,
     Repository,
+    TrainCommit,
     Variable,
 )
 from pipeline.services.git import redact
@@ -173,3 +179,58 @@ class ApiTokenAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/pipeline/apitoken/created.html", context)
         add_never_cache_headers(response)  # the key must not stay in any cache
         return response
+
+
+# Deploy trains ---------------------------------------------------------------------------
+# Trains, answers and locks change through the train's doors (which record events and move
+# waiting trains on): the admin shows them. Freeze windows are set up here.
+
+class TrainCommitInline(admin.TabularInline):
+    model = TrainCommit
+    fields = ["position", "commit", "author", "pull_request", "is_merge", "reverts"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+class ApprovalInline(admin.TabularInline):
+    model = Approval
+    fields = ["user", "verdict", "reason", "via", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(DeployTrain)
+class DeployTrainAdmin(ReadOnlyStatusMixin, admin.ModelAdmin):
+    list_display = ["id", "repository", "kind", "head_sha", "status", "environment", "message",
+                    "created_at"]
+    list_filter = ["repository", "kind", "status"]
+    search_fields = ["head_sha"]
+    inlines = [TrainCommitInline, ApprovalInline]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Lock)
+class LockAdmin(ReadOnlyStatusMixin, admin.ModelAdmin):
+    list_display = ["repository", "environment", "reason", "locked_by", "created_at",
+                    "expires_at", "released_at", "released_by"]
+    list_filter = ["repository", "environment"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(FreezeWindow)
+class FreezeWindowAdmin(admin.ModelAdmin):
+    list_display = ["name", "repository", "start_weekday", "start_time", "end_weekday", "end_time",
+                    "enabled"]
+    list_filter = ["repository", "enabled"]
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyStatusMixin, admin.ModelAdmin):
+    list_display = ["created_at", "user", "train", "kind", "message", "read_at"]
+    list_filter = ["kind"]

@@ -650,6 +650,10 @@ class Lock(models.Model):
         return f"{self.repository} {self.environment or 'all'} locked"
 
 
+WEEKDAYS = [(0, "Monday"), (1, "Tuesday"), (2, "Wednesday"), (3, "Thursday"), (4, "Friday"),
+            (5, "Saturday"), (6, "Sunday")]
+
+
 class FreezeWindow(models.Model):
     """A weekly window (e.g. Friday 16:00 to Monday 08:00) in which ticks start no train.
     `repository` empty: every repository. Times are in the server's TIME_ZONE."""
@@ -657,9 +661,9 @@ class FreezeWindow(models.Model):
     repository = models.ForeignKey(Repository, null=True, blank=True, on_delete=models.CASCADE,
                                    related_name="freeze_windows")
     name = models.CharField(max_length=100)
-    start_weekday = models.PositiveSmallIntegerField(help_text="0 Monday … 6 Sunday")
+    start_weekday = models.PositiveSmallIntegerField(choices=WEEKDAYS)
     start_time = models.TimeField()
-    end_weekday = models.PositiveSmallIntegerField(help_text="0 Monday … 6 Sunday")
+    end_weekday = models.PositiveSmallIntegerField(choices=WEEKDAYS)
     end_time = models.TimeField()
     enabled = models.BooleanField(default=True)
 

@@ -108,19 +108,21 @@ def test_a_two_author_train_goes_through_every_environment_to_production(world3,
         trains.start_train(world3.repository)
 
 
-def test_acceptance_failing_fails_the_train_and_production_never_changes(world):
-    world.commit({"broken": "yes\n"}, "Break acceptance")
-    world.green()
-    train = trains.start_train(world.repository)
+def test_acceptance_failing_in_preprod_fails_the_train_and_production_never_changes(world3):
+    world3.commit({"broken": "preprod\n"}, "Break acceptance in pre-prod")
+    world3.green()
+    train = trains.start_train(world3.repository)
     wait_for_train(train, T.FAILED, T.AWAITING_APPROVAL)
     assert train.status == T.FAILED
-    assert train.message.startswith("acceptance tests failed in staging")
-    assert all(serving(world.node(f"prod-{i}")) is None for i in (1, 2, 3))
+    assert train.message.startswith("acceptance tests failed in preprod")
+    statuses = {env["name"]: env["status"] for env in trains.status(train)["environments"]}
+    assert statuses == {"staging": "passed", "preview": "passed", "preprod": "failed"}
+    assert all(serving(world3.node(f"prod-{i}")) is None for i in (1, 2, 3))
     # Its head is never carried again: the next tick needs a newer candidate.
-    assert trains.tick(world.repository).startswith("no new green candidate")
-    world.commit({"broken": None}, "Fix acceptance")
-    newer = world.green()
-    assert trains.start_train(world.repository).head_sha == newer.sha
+    assert trains.tick(world3.repository).startswith("no new green candidate")
+    world3.commit({"broken": None}, "Fix acceptance")
+    newer = world3.green()
+    assert trains.start_train(world3.repository).head_sha == newer.sha
 
 
 def test_a_veto_stops_the_train_and_a_force_needs_override_veto(world, people):
@@ -364,3 +366,81 @@ def test_two_concurrent_approvals_move_the_train_once(world, people):
                                 new="deploying_production").count() == 1
     assert Job.objects.filter(build=train.build, name="production").count() == 1
     assert Approval.objects.filter(train=train).count() == 2
+
+
+def test_force_passes_a_production_lock_only_with_override_lock(world, people):
+    _, _, manager = people
+    world.green()
+    trains.lock(world.repository, manager, "black friday", environment="production")
+    train = trains.start_train(world.repository)
+    trains.force(train, manager, "hotfix")
+    from tests.helpers import wait_until
+
+    wait_until(lambda: DeployTrain.objects.get(pk=train.pk).message.startswith(
+        "waiting at production"), message="the train to wait at production")
+    train.refresh_from_db()
+    assert train.status == T.AWAITING_APPROVAL
+    assert train.message == "waiting at production: production locked by rm: black friday"
+    assert not Job.objects.filter(build=train.build, name="production").exists()
+    trains.force(train, manager, "hotfix, really", override_lock=True)
+    wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
+    assert train.status == T.DEPLOYED
+
+
+def test_approval_requests_reach_a_slack_compatible_webhook(world, people, settings):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    posts = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.TRAINYARD = {**settings.TRAINYARD,
+                          "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/hook"}
+    try:
+        world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+        world.green()
+        train = trains.start_train(world.repository)
+        wait_for_train(train, T.AWAITING_APPROVAL)
+        from tests.helpers import wait_until
+
+        wait_until(lambda: posts, message="the webhook to be called")
+    finally:
+        server.shutdown()
+    assert posts[0]["text"].startswith("@alice @bob Train #")
+    assert f"/repos/shop/trains/{train.pk}/|train #{train.pk}>" in posts[0]["text"]
+
+
+def test_why_says_what_a_branch_or_sha_waits_for(world, people):
+    from pipeline.services.pulls import open_pull_request
+
+    alice, bob, _ = people
+    repository = world.repository
+    world.repo.commit({"f.txt": "f"}, branch="feature/f", message="F", author=BOB)
+    assert trains.why(repository, "feature/f").startswith("feature/f at ")
+    assert trains.why(repository, "feature/f").endswith("has not been built: !bb feature/f builds it")
+    assert trains.why(repository, "no-such-branch") == \
+        "no-such-branch is neither a branch of shop nor a full SHA"
+    head = world.repo.head()
+    assert trains.why(repository, head) == \
+        f"{head[:10]} waits for a green master build that includes it"
+    world.green()
+    assert trains.why(repository, "master") == (
+        f"master ({head[:10]}) is a release candidate waiting for the next train (the schedule, "
+        "or `train start`)")
+    from pipeline.services.builds import request_build
+    from tests.helpers import build_ended
+
+    build_ended(request_build(repository, "feature/f")[0])
+    open_pull_request(repository, "feature/f", user=bob)
+    assert trains.why(repository, "feature/f") == "#1 is good to merge and waits for 1 more LGTM"

@@ -15,7 +15,7 @@ ALICE = ("Alice", "alice@example.com")
 BOB = ("Bob", "bob@example.com")
 CAROL = ("Carol Contractor", "carol@elsewhere.example")  # maps to no user
 
-# `broken` in the repository makes the acceptance tests fail; a node named in
+# An environment named in `broken` fails its acceptance tests there; a node named in
 # `crash-on` makes the app exit at once there (a failed health check in production).
 SPEC = """\
 checks:
@@ -68,8 +68,9 @@ marker.write_text(os.environ.get("TRAINYARD_SHA", ""))
 
 ACCEPTANCE = '''\
 import os, pathlib, sys, urllib.request
-if pathlib.Path("broken").exists():
-    sys.exit("acceptance: the checkout is broken on purpose")
+broken = pathlib.Path("broken")
+if broken.exists() and os.environ["TARGET_ENVIRONMENT"] in broken.read_text().split():
+    sys.exit("acceptance: broken on purpose in " + os.environ["TARGET_ENVIRONMENT"])
 served = urllib.request.urlopen(os.environ["TARGET_URL"] + "version", timeout=5).read().decode()
 sys.exit(0 if served == os.environ["TRAINYARD_SHA"] else f"serving {served}")
 '''
