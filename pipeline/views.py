@@ -7,12 +7,11 @@ from django.core.paginator import Paginator
 from django.db.models import Case, Count, Max, Value, When
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
 from pipeline import chatops, permissions
-from pipeline.models import Build, DeployTrain, Job, Notification, PullRequest, Repository, TestResult
+from pipeline.models import Build, DeployTrain, Job, PullRequest, Repository, TestResult
 from pipeline.services import git, merge, pulls, trains
 
 # Per-test results a page shows at most, failing ones first: a report of 100,000 tests
@@ -375,7 +374,7 @@ def unlock(request, name):
 @login_required
 def inbox(request):
     """The user's notifications, newest first; seeing them marks them read."""
-    notes = list(request.user.notifications.select_related("train__repository")[:100])
-    unread = [note.pk for note in notes if note.read_at is None]
-    Notification.objects.filter(pk__in=unread).update(read_at=timezone.now())
-    return render(request, "pipeline/inbox.html", {"notifications": notes, "unread": set(unread)})
+    from pipeline.services.notifications import read_inbox
+
+    notes, unread = read_inbox(request.user)
+    return render(request, "pipeline/inbox.html", {"notifications": notes, "unread": unread})

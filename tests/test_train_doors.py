@@ -520,10 +520,14 @@ def test_as_acts_for_another_only_with_the_grant(client, repository, train, alic
 # The command line ---------------------------------------------------------------------------
 
 def train_cli(*args, server, user=None):
+    import tempfile
+
     from tests.test_cli import cli
 
-    return cli("train", *args, server=server,
-               token=ApiToken.issue(user, "cli")[1] if user else "")
+    # A var directory of its own: a developer's var/api-token must not stand in for "none".
+    with tempfile.TemporaryDirectory() as var_dir:
+        return cli("train", *args, server=server, var_dir=var_dir,
+                   token=ApiToken.issue(user, "cli")[1] if user else "")
 
 
 @pytest.mark.django_db(transaction=True)

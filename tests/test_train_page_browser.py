@@ -56,7 +56,7 @@ def test_an_author_approves_and_a_reasonless_veto_is_refused(page, asgi_server, 
     url = f"{asgi_server.url}{waiting_train.get_absolute_url()}"
     log_in(page, asgi_server, alice)
     page.goto(url)
-    expect(page.locator("#train-status")).to_have_text("awaiting_approval")
+    expect(page.locator("#train-status")).to_have_text("awaiting approval")
     expect(page.locator("#force")).to_have_count(0)  # not a release manager
     page.locator("#approve").click()
     expect(page.locator(".messages")).to_contain_text(f"alice says good to train #{waiting_train.pk}")
@@ -72,7 +72,7 @@ def test_an_author_approves_and_a_reasonless_veto_is_refused(page, asgi_server, 
     page.locator("#veto").click()
     expect(page.locator(".messages")).to_contain_text("A veto needs a reason")
     assert not waiting_train.approvals.filter(user=bob).exists()
-    expect(page.locator("#train-status")).to_have_text("awaiting_approval")
+    expect(page.locator("#train-status")).to_have_text("awaiting approval")
 
     page.set_viewport_size({"width": 1440, "height": 900})
     page.goto(url)  # without the flash message

@@ -97,3 +97,13 @@ def train_ended(train):
         transaction.on_commit(partial(post_to_chat, f"{train.repository.name} train #{train.pk} "
                                                     f"{train.status}: {train.message}"),
                               robust=True)
+
+
+def read_inbox(user, limit=100):
+    """The user's newest notifications, and which of them were unread: now marked read."""
+    from django.utils import timezone
+
+    notes = list(user.notifications.select_related("train__repository")[:limit])
+    unread = {note.pk for note in notes if note.read_at is None}
+    Notification.objects.filter(pk__in=unread).update(read_at=timezone.now())
+    return notes, unread

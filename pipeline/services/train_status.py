@@ -58,6 +58,7 @@ def train_status(train):
         "repository": repository.name,
         "kind": train.kind,
         "status": train.status,
+        "status_label": train.get_status_display().lower(),
         "active": train.is_active,
         "head_sha": train.head_sha,
         "base_sha": train.base_sha,
