@@ -444,3 +444,37 @@ def test_why_says_what_a_branch_or_sha_waits_for(world, people):
     build_ended(request_build(repository, "feature/f")[0])
     open_pull_request(repository, "feature/f", user=bob)
     assert trains.why(repository, "feature/f") == "#1 is good to merge and waits for 1 more LGTM"
+
+
+@pytest.mark.ssh
+def test_the_production_rollout_runs_over_ssh(worker, people, tmp_path, ssh_nodes, client_key,
+                                              settings):
+    from nodes.models import Node
+    from tests.helpers import free_port
+
+    _, _, manager = people
+    settings.TRAINYARD = {**settings.TRAINYARD, "SSH_KEY_FILE": str(client_key.path),
+                          "TRAIN_BATCH_SIZE": 1}
+    world = make_world(tmp_path)
+    world.nodes = {name: node for name, node in world.nodes.items() if not name.startswith("prod")}
+    Node.objects.filter(environment="production").delete()
+    for index, sshd in enumerate(ssh_nodes, 1):
+        world.nodes[f"prod-{index}"] = Node.objects.create(
+            name=f"prod-{index}", environment=Node.Environment.PRODUCTION,
+            transport=Node.Transport.SSH, host=sshd.host, ssh_port=sshd.port, user="root",
+            host_key=sshd.host_key, app_port=free_port(), repository=world.repository,
+            base_path=str(sshd.base / f"prod-{free_port()}"), off_cycle=index == 3)
+    try:
+        world.green()
+        ship(world, manager, "the first release over ssh")
+        world.commit({"b.txt": "b"}, "Bob's change", author=BOB)
+        world.green()
+        train = ship(world, manager, "the second: drained first")
+        assert [serving(world.node(f"prod-{i}")) for i in (1, 2, 3)] == [train.head_sha] * 3
+        log = "".join(Job.objects.get(build=train.build, name="production")
+                      .log_chunks.values_list("text", flat=True))
+        # The off-cycle node went first, alone; then one node per batch.
+        assert "batch 1/3 (off-cycle): prod-3" in log and "batch 2/3: prod-1" in log
+        assert "drained: drain_check exited 0" in log
+    finally:
+        world.stop_apps()
