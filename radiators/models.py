@@ -91,6 +91,9 @@ class SuiteDay(models.Model):
                                                name="suiteday_unique")]
         indexes = [models.Index(fields=["repository", "day"])]
 
+    def __str__(self):
+        return f"{self.suite} on {self.day}"
+
 
 class TestCaseDay(models.Model):
     """One test case's results on one day: its runs, failures, flips (failed and passed
@@ -114,3 +117,6 @@ class TestCaseDay(models.Model):
         constraints = [models.UniqueConstraint(fields=["repository", "suite", "classname", "name",
                                                        "day"], name="testcaseday_unique")]
         indexes = [models.Index(fields=["repository", "day"])]
+
+    def __str__(self):
+        return f"{self.classname}::{self.name} on {self.day}"
