@@ -448,8 +448,10 @@ def _stage_status(train, name, first, last):
                 and train["environment"] == name:
             return "testing"
         return "deployed" if name == PRODUCTION else "passed"
+    if name == PRODUCTION and train["status"] == DeployTrain.Status.AWAITING_APPROVAL:
+        return "approval"
     if train["environment"] == name and train["status"] in DeployTrain.ACTIVE:
-        return "approval" if train["status"] == DeployTrain.Status.AWAITING_APPROVAL else "waiting"
+        return "waiting"  # for a lock, or for its turn
     return "pending"
 
 

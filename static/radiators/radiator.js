@@ -21,7 +21,7 @@
   const WORDS = {
     failed: "FAILED", error: "ERROR", flaky: "FLAKY", no_results: "NO RESULTS", passed: "PASSED",
     running: "RUNNING", queued: "QUEUED", cancelled: "CANCELLED", pending: "PENDING",
-    waiting: "WAITING", approval: "AWAITING APPROVAL", deploying: "DEPLOYING", testing: "TESTING",
+    waiting: "WAITING", approval: "APPROVAL", deploying: "DEPLOYING", testing: "TESTING",
     deployed: "DEPLOYED",
   };
 
@@ -130,7 +130,7 @@
     const repoLabel = body.dataset.repository ? "" : `${tile.repository} · `;
     const facts = [];
     if (RED.has(tile.state) || tile.state === "flaky") {
-      facts.push(h("span", { class: "fact" }, "broken ", since(tile.broken_since), " · ",
+      facts.push(h("span", { class: "fact" }, "red for ", since(tile.broken_since), " · ",
         h("strong", { text: `${tile.broken_runs} run${tile.broken_runs === 1 ? "" : "s"}` })));
     } else if (tile.at) {
       facts.push(h("span", { class: "fact" }, since(tile.at), " ago"));
@@ -141,8 +141,8 @@
     }
     const el = h("article", { class: `tile st-${tile.state}`, "data-key": tile.key, "data-state": tile.state },
       h("div", { class: "tile-head" }, badge(tile.state),
-        h("h3", { class: "tile-branch", text: repoLabel + tile.branch }),
         h("code", { class: "sha", text: tile.sha ? tile.sha.slice(0, 7) : "" })),
+      h("h3", { class: "tile-branch", text: repoLabel + tile.branch, title: repoLabel + tile.branch }),
       h("p", { class: "tile-facts" }, facts));
     if (tile.state === "flaky" && tile.flaky_tests.length) {
       el.append(h("p", { class: "tile-note", text: `known flaky: ${tile.flaky_tests.join(", ")}` }));
