@@ -92,6 +92,11 @@ def seed(results):
     Claim.objects.create(repository=repo, branch="master", user=users[0])
     _trains(repo, commits, users, now, DeployTrain, Build, Job, TrainCommit, Approval)
     ensure_schedule(repo, "0 * * * *")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # What autovacuum does soon after a bulk load: without statistics the planner
+            # guesses row counts (and may JIT-compile a plan for rows that are not there).
+            cursor.execute("ANALYZE")
     return repo
 
 
