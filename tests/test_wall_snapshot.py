@@ -14,7 +14,7 @@ from nodes.models import Node, NodeLease
 from pipeline.models import Approval, Build, Commit, DeployTrain, Job, TestResult, TrainCommit
 from pipeline.services.train_schedule import ensure_schedule
 from radiators import rollups, snapshot
-from radiators.models import Claim, TestCaseDay, WallLayout
+from radiators.models import Claim, SuiteDay, TestCaseDay, WallLayout
 from radiators.snapshot import wall_snapshot
 from tests.factories import CommitFactory, RepositoryFactory, UserFactory
 
@@ -461,3 +461,20 @@ def test_claim_and_unclaim_a_break_from_the_wall(client, shop, alice):
                 content_type="application/json")
     [tile] = wall_snapshot(shop)["panels"]["branches"]["tiles"]
     assert tile["claim"] is None
+
+
+def test_a_job_storing_its_junit_report_updates_the_rollups(shop, tmp_path):
+    from pipeline.services.jobs import _store_test_results
+
+    (tmp_path / "report.xml").write_text(
+        '<testsuite name="unit"><testcase classname="t.C" name="test_ok" time="0.5"/>'
+        '<testcase classname="t.C" name="test_bad" time="1.5"><failure message="no"/></testcase>'
+        '<testcase classname="t.C" name="test_later" time="0"><skipped/></testcase></testsuite>')
+    job = make_job(make_build(shop, status="running"), "unit", "running", junit="report.xml")
+
+    assert _store_test_results(job, tmp_path) == "; 3 tests, 1 failed"
+
+    suite = SuiteDay.objects.get(repository=shop, suite="unit")
+    assert (suite.runs, suite.failures, suite.skipped, suite.duration) == (3, 1, 1, 2.0)
+    bad = TestCaseDay.objects.get(repository=shop, name="test_bad")
+    assert (bad.runs, bad.failures, bad.flips, bad.duration_max) == (1, 1, 0, 1.5)

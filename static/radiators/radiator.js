@@ -176,8 +176,8 @@
       const names = data.greens.names.map((name) => (body.dataset.repository ? name.split(":").slice(1).join(":") : name));
       const extra = data.greens.count - names.length;
       list.append(h("article", { class: "tile tile-greens st-passed", "data-role": "greens" },
-        h("div", { class: "tile-head" }, badge("passed", data.state === "all_green" ? "ALL GREEN" : "PASSED"),
-          h("h3", { class: "tile-branch", text: `${data.greens.count} branch${data.greens.count === 1 ? "" : "es"} green` })),
+        h("div", { class: "tile-head" }, badge("passed", data.state === "all_green" ? "ALL GREEN" : "PASSED")),
+        h("h3", { class: "tile-branch", text: `${data.greens.count} branch${data.greens.count === 1 ? "" : "es"} green` }),
         h("p", { class: "tile-facts", text: names.join(" · ") + (extra > 0 ? ` · +${extra}` : "") }),
         data.greens.building ? h("p", { class: "tile-running" }, icon("running", "icon spin"), `${data.greens.building} building`) : null));
     }
