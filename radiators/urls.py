@@ -5,6 +5,10 @@ from . import views
 app_name = "radiators"
 
 urlpatterns = [
+    path("", views.radiator_all, name="radiator_all"),
+    path("snapshot.json", views.snapshot, name="snapshot_all"),
     path("<slug:name>/", views.radiator, name="radiator"),
     path("<slug:name>/snapshot.json", views.snapshot, name="snapshot"),
+    path("<slug:name>/command", views.command, name="command"),
+    path("<slug:name>/claim", views.claim, name="claim"),
 ]

@@ -27,6 +27,7 @@ from pipeline.services.logs import LogWriter, once_more_on_a_new_connection
 from pipeline.services.runner import JobWorkspace, job_context, prepared, run_command
 from pipeline.spec import Spec
 from pipeline.statemachine import transition
+from radiators.rollups import record_results
 
 __all__ = ["LogWriter", "run_job", "expand_variables", "dispatch_waiting_jobs"]
 
@@ -206,6 +207,7 @@ def _store_test_results(job, workspace):
         rows = parse_junit(path)
     except ReportError as exc:
         return f"; {exc}"
+    record_results(job, rows)  # the wall's test-health rollups (radiators.rollups)
     TestResult.objects.filter(job=job).delete()  # an earlier attempt's, if any
     TestResult.objects.bulk_create(TestResult(job=job, **row) for row in rows)
     failed = sum(1 for row in rows if row["outcome"] in ("failed", "error"))
