@@ -5,7 +5,7 @@ show the same recent builds; the page's script re-renders from the snapshot when
 an event names something it does not show yet, and after every reconnect.
 """
 
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -22,14 +22,21 @@ def _recent_builds(repository):
                 .prefetch_related("jobs")[:RECENT_BUILDS])
 
 
+def render_wall(request, repository, *, kiosk=False):
+    """A stand-in for the wall helper's page (live's branch only: its kiosk view and tests
+    call this); the real one renders every panel, and no controls when `kiosk`."""
+    if repository is None:
+        raise Http404("the wall of all repositories has no page yet")
+    return render(request, "radiators/radiator.html", {
+        "repository": repository, "builds": _recent_builds(repository),
+        "now": timezone.now(), "limit": RECENT_BUILDS, "kiosk": kiosk,
+    })
+
+
 @require_safe
 @never_cache
 def radiator(request, name):
-    repository = get_object_or_404(Repository, name=name)
-    return render(request, "radiators/radiator.html", {
-        "repository": repository, "builds": _recent_builds(repository),
-        "now": timezone.now(), "limit": RECENT_BUILDS,
-    })
+    return render_wall(request, get_object_or_404(Repository, name=name))
 
 
 @require_safe
