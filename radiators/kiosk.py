@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.http.request import split_domain_port, validate_host
@@ -219,6 +220,9 @@ def kiosk_wall(request, token):
     KioskToken.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
     from .views import render_wall
 
+    # No login on a kiosk: whoever is signed in on this browser, the page is nobody's
+    # (no name, no controls, no CSRF token in it).
+    request.user = AnonymousUser()
     request.wall_socket_url = socket_url(found.repository, token)
     response = render_wall(request, found.repository, kiosk=True)
     # The token is in this page's URL: keep it out of Referer headers and search engines.
