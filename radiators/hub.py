@@ -36,7 +36,7 @@ from .kiosk import CLOSE_REVOKED
 
 logger = logging.getLogger(__name__)
 
-COALESCE_SECONDS = 0.15
+COALESCE_SECONDS = 0.1
 HEARTBEAT_SECONDS = 10.0
 LAYER_RETRY_SECONDS = (0.5, 5.0)  # first and longest wait before re-subscribing
 
@@ -166,6 +166,7 @@ class Hub:
                 except TimeoutError:
                     pass  # a heartbeat: read anyway
             self._dirty.clear()
+            started = self.loop.time()
             try:
                 await self._refresh()
             except asyncio.CancelledError:
@@ -182,7 +183,7 @@ class Hub:
                 first = False
                 self.ready.set_result(True)
             # At most one read per COALESCE_SECONDS: what arrives meanwhile waits for the next.
-            await asyncio.sleep(COALESCE_SECONDS)
+            await asyncio.sleep(max(0.0, started + COALESCE_SECONDS - self.loop.time()))
 
     async def _refresh(self):
         kiosk_ids = {s.kiosk_token_id for s in self.screens if s.kiosk_token_id}
