@@ -39,6 +39,12 @@ def postgres(transactional_db):
 def broker():
     """A private Redis this process publishes to (restarting it disturbs nobody else)."""
     require(shutil.which("redis-server"), "redis-server (apt-get install redis-server)")
+    from django.conf import settings
+
+    # The Redis transport's timeouts come with the Redis settings (REDIS_URL): with the
+    # standalone memory:// options a paused Redis would hang a publish for ever.
+    require(not settings.CELERY_BROKER_URL.startswith("memory"),
+            "the Redis broker settings (REDIS_URL=redis://...)")
     from pipeline.celery import app
 
     with RedisServer() as server, use_broker(app, server.url()):
