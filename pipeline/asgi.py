@@ -9,15 +9,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from radiators.kiosk import SameOriginGate  # noqa: E402
 from radiators.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # Same origin as Django's CSRF check: this host (in ALLOWED_HOSTS) or a trusted origin.
+        "websocket": SameOriginGate(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

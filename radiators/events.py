@@ -1,4 +1,9 @@
-"""The one place that publishes to the radiators. Called after commit, never before."""
+"""The one place that tells the walls something changed. Called after commit, never before.
+
+A message says only *which* wall changed: each web process's hub (radiators.hub) then
+reads the wall once, whatever the number of screens, and sends what differs. So the
+message is small, and a lost or late one costs nothing the next read does not heal.
+"""
 
 import asyncio
 import logging
@@ -12,60 +17,49 @@ logger = logging.getLogger(__name__)
 ALL_GROUP = "radiator.all"
 SEND_TIMEOUT = 5.0
 
+# Message types on the layer (the hub's handlers).
+CHANGED = "radiator.changed"
+KIOSK_REVOKED = "radiator.kiosk_revoked"
+
 
 def group_for(repository_name):
-    return f"radiator.{repository_name}"
-
-
-# One query of plain columns: a select_related of four tables (and the build's spec, a
-# JSON blob) cost more CPU than anything else in publishing.
-_COLUMNS = ("id", "kind", "old", "new", "message", "created_at", "build_id", "job_id", "data",
-            "repository__name", "actor__username", "job__name", "job__status",
-            "build__status", "build__branch", "build__sha")
-
-
-def serialize_event(row):
-    """The radiator message for one Event, from a `values(*_COLUMNS)` row."""
-    data = {
-        "id": row["id"],
-        "kind": row["kind"],
-        "old": row["old"],
-        "new": row["new"],
-        "message": row["message"],
-        "created_at": row["created_at"].isoformat(),
-        "repository": row["repository__name"],
-        "build_id": row["build_id"],
-        "job_id": row["job_id"],
-        "actor": row["actor__username"],
-        "data": row["data"],
-    }
-    if row["job_id"]:
-        data["job"] = {"id": row["job_id"], "name": row["job__name"], "status": row["job__status"]}
-    if row["build_id"]:
-        data["build"] = {"id": row["build_id"], "status": row["build__status"],
-                         "branch": row["build__branch"], "sha": row["build__sha"]}
-    return data
+    """The layer group of one repository's wall; None: the wall of all repositories."""
+    return ALL_GROUP if repository_name is None else f"radiator.{repository_name}"
 
 
 def publish(event_id):
-    """Send one Event to its repository's radiators and to the all-repositories group.
+    """Tell the walls of an Event's repository, and the all-repositories wall, to refresh.
 
-    A radiator that misses a message recovers from its snapshot, so a failure here is
+    A wall that misses a message catches up on its next heartbeat, so a failure here is
     logged, never raised into the code that committed the change.
     """
     from pipeline.models import Event
 
     try:
-        row = Event.objects.filter(pk=event_id).values(*_COLUMNS).first()
+        row = Event.objects.filter(pk=event_id).values("kind", "repository__name").first()
         if row is None:
             return
-        message = {"type": "radiator.event", "event": serialize_event(row)}
-        groups = [ALL_GROUP]
-        if row["repository__name"]:
-            groups.append(group_for(row["repository__name"]))
-        _publisher().send(get_channel_layer(), groups, message)
+        send_to_walls(row["repository__name"], {"type": CHANGED, "event": event_id,
+                                                "kind": row["kind"]})
     except Exception:
         logger.exception("could not publish event %s", event_id)
+
+
+def wall_changed(repository_name=None):
+    """For changes that record no Event (a wall's layout, say): refresh the walls now."""
+    try:
+        send_to_walls(repository_name, {"type": CHANGED, "event": None, "kind": "wall"})
+    except Exception:
+        logger.exception("could not tell the walls of %s", repository_name or "all repositories")
+
+
+def send_to_walls(repository_name, message, *, only_that_wall=False):
+    """Send `message` to a repository's wall and (unless `only_that_wall`) the wall of all
+    repositories; repository_name None: the wall of all repositories only."""
+    groups = [group_for(repository_name)]
+    if repository_name is not None and not only_that_wall:
+        groups.append(ALL_GROUP)
+    _publisher().send(get_channel_layer(), groups, message)
 
 
 class _Publisher:
@@ -74,7 +68,7 @@ class _Publisher:
     `async_to_sync` from a worker thread starts a thread and an event loop per call (and
     channels-redis a connection per loop): a build publishes dozens of events, and that
     was an eighth of the worker's CPU per build. Sends still wait for their result, so
-    events leave in the order they were recorded."""
+    messages leave in the order they were recorded."""
 
     def __init__(self):
         self.pid = os.getpid()

@@ -12,13 +12,10 @@ from unittest import mock
 import pytest
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.urls import reverse
 
 from pipeline.asgi import application
-from pipeline.models import Build, Event, Job
-from pipeline.statemachine import transition
 from radiators.views import RECENT_BUILDS
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
 from tests.helpers import off_main_thread
@@ -231,76 +228,7 @@ def test_it_serves_a_snapshot_of_the_recent_builds_with_their_jobs(client, demo)
 
 
 # The socket ------------------------------------------------------------------------------
-
-def start_job(job_id):
-    return transition(Job.objects.get(pk=job_id), Job.Status.RUNNING)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_pushes_a_status_change_to_the_repositorys_radiators(channel_layer, demo):
-    build = make_build(demo, "running", [("unit", "queued")])
-    job = build.jobs.get()
-    RepositoryFactory(name="quiet")
-
-    async def scenario():
-        mine, everything, other = (socket("/ws/radiators/demo/"), socket("/ws/radiators/"),
-                                   socket("/ws/radiators/quiet/"))
-        for ws in (mine, everything, other):
-            connected, _ = await ws.connect()
-            assert connected
-        try:
-            assert await database_sync_to_async(start_job)(job.pk)
-            for ws in (mine, everything):
-                event = await ws.receive_json_from(timeout=5)
-                assert event["kind"] == "job.status"
-                assert (event["old"], event["new"]) == ("queued", "running")
-                assert event["repository"] == "demo"
-                assert event["job"] == {"id": job.pk, "name": "unit", "status": "running"}
-                assert event["build"]["id"] == build.pk
-                assert event["build"]["status"] == "running"
-            assert await other.receive_nothing(timeout=0.3)
-        finally:
-            for ws in (mine, everything, other):
-                await ws.disconnect()
-
-    run(scenario)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_pushes_a_new_build_request(channel_layer, repository, developer):
-    from pipeline.services.builds import request_build
-
-    async def scenario():
-        ws = socket("/ws/radiators/app/")
-        assert (await ws.connect())[0]
-        try:
-            # No worker here: the build stays queued, only the request is published.
-            build, created = await database_sync_to_async(request_build)(
-                repository, "master", user=developer, via="test")
-            assert created
-            event = await ws.receive_json_from(timeout=5)
-            assert (event["kind"], event["new"], event["build_id"]) == (
-                "build.requested", "queued", build.pk)
-            assert event["actor"] == "dev"
-            assert event["build"]["branch"] == "master"
-        finally:
-            await ws.disconnect()
-
-    run(scenario)
-
-
-@pytest.mark.parametrize("path", [
-    "/ws/radiators/nope/",              # no such repository
-    "/ws/radiators/bad name/",          # not a repository name at all
-    "/ws/radiators/" + "x" * 95 + "/",  # longer than a channel group name allows
-])
-@pytest.mark.django_db(transaction=True)
-def test_it_closes_sockets_for_unknown_or_malformed_repositories(channel_layer, demo, path):
-    async def scenario():
-        connected, code = await socket(path).connect()
-        assert (connected, code) == (False, 4404)
-
-    run(scenario)
+# What the socket sends, and to whom, is in tests/test_wall_live.py.
 
 
 @pytest.mark.parametrize("origin", [None, (b"origin", b"http://evil.example")])
@@ -311,33 +239,3 @@ def test_it_refuses_sockets_from_other_sites(channel_layer, demo, origin):
         assert not connected
 
     run(scenario)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_it_is_read_only(channel_layer, demo):
-    build = make_build(demo, "running", [("unit", "queued")])
-    job = build.jobs.get()
-    counts = (Build.objects.count(), Job.objects.count(), Event.objects.count())
-
-    async def scenario():
-        ws = socket("/ws/radiators/demo/")
-        assert (await ws.connect())[0]
-        try:
-            await ws.send_json_to({"command": "bb", "args": ["master"]})
-            assert await ws.receive_json_from(timeout=5) == {"error": "this socket is read-only"}
-            await ws.send_to(text_data="!bb master")  # not even JSON
-            assert await ws.receive_json_from(timeout=5) == {"error": "this socket is read-only"}
-            await ws.send_to(bytes_data=b"\x00\x01")
-            assert await ws.receive_json_from(timeout=5) == {"error": "this socket is read-only"}
-            # Still open, and still delivering.
-            assert await database_sync_to_async(start_job)(job.pk)
-            event = await ws.receive_json_from(timeout=5)
-            assert event["job"]["status"] == "running"
-        finally:
-            await ws.disconnect()
-
-    run(scenario)
-    build.refresh_from_db()
-    assert build.status == "running"
-    assert (Build.objects.count(), Job.objects.count()) == counts[:2]
-    assert Event.objects.count() == counts[2] + 1  # only the transition the test made
