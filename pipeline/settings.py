@@ -357,6 +357,10 @@ TRAINYARD = {
     # Approval requests and reminders: the inbox always, e-mail to users who have an
     # address, and a Slack-compatible incoming webhook when this is set.
     "SLACK_WEBHOOK_URL": env_secret("TRAINYARD_SLACK_WEBHOOK_URL"),
+    # Wall screens: readable by anyone (off: signed-in users, and screens with a kiosk
+    # link); how often an idle wall's socket hears from the server (so it is not "stale").
+    "WALLS_PUBLIC": env_bool("TRAINYARD_WALLS_PUBLIC", True),
+    "WALL_HEARTBEAT_SECONDS": env_int("TRAINYARD_WALL_HEARTBEAT_SECONDS", 10),
     # How links in e-mails and chat messages start.
     "PUBLIC_URL": env_str("TRAINYARD_PUBLIC_URL", "http://127.0.0.1:8000"),
 }

@@ -1,9 +1,11 @@
 """Wall layouts are kept on the server and edited here: which panels, in which order,
-and whether a change of state makes a sound. (Kiosk tokens have their own admin.)"""
+and whether a change of state makes a sound. Kiosk tokens: kiosk_admin."""
 
 from django import forms
 from django.contrib import admin
 
+from radiators import kiosk_admin  # noqa: F401  (registers the kiosk tokens' admin)
+from radiators.events import wall_changed
 from radiators.models import WallLayout
 from radiators.snapshot import PANELS
 
@@ -29,6 +31,14 @@ class WallLayoutForm(forms.ModelForm):
 class WallLayoutAdmin(admin.ModelAdmin):
     form = WallLayoutForm
     list_display = ["__str__", "panel_order", "sound", "updated_at"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A layout records no Event: tell its open screens (after the save commits).
+        from django.db import transaction
+
+        name = obj.repository.name if obj.repository_id else None
+        transaction.on_commit(lambda: wall_changed(name))
 
     @admin.display(description="panels")
     def panel_order(self, layout):

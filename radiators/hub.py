@@ -46,7 +46,7 @@ _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="radiator-hub")
 
 
 def heartbeat_seconds():
-    return float(getattr(settings, "TRAINYARD_WALL_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+    return float(settings.TRAINYARD.get("WALL_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
 
 
 class WallState:

@@ -43,7 +43,7 @@ FINAL_CLOSE_CODES = {CLOSE_UNAUTHORIZED, CLOSE_BAD_ORIGIN, CLOSE_NOT_FOUND, CLOS
 
 
 def walls_public():
-    return getattr(settings, "TRAINYARD_WALLS_PUBLIC", True)
+    return settings.TRAINYARD["WALLS_PUBLIC"]
 
 
 def can_view_walls(user):
@@ -230,5 +230,3 @@ def kiosk_wall(request, token):
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response
 
-
-from . import kiosk_admin  # noqa: E402,F401  (registers the admin; needs the names above)

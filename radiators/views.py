@@ -23,6 +23,8 @@ from django.views.decorators.http import require_POST, require_safe
 from pipeline import chatops, permissions
 from pipeline.models import DeployTrain, Repository
 from radiators import claims
+from radiators.kiosk import can_view_walls
+from radiators.kiosk import socket_url as kiosk_socket_url
 from radiators.snapshot import wall_snapshot
 
 # What a button may ask for (the command box takes any chat-ops text).
@@ -30,12 +32,6 @@ BUTTONS = {"good", "bad", "force", "rollback", "bb", "status", "why"}
 MAX_TEXT = 500
 
 
-@functools.cache
-def _has_live_js():
-    # live.js (the socket client) comes from the live side; without it the page polls.
-    from django.contrib.staticfiles import finders
-
-    return finders.find("radiators/live.js") is not None
 
 
 def _repository(name):
@@ -49,16 +45,14 @@ def render_wall(request, repository, *, kiosk=False):
     user = request.user
     controls = not kiosk and user.is_authenticated
     name = repository.name if repository is not None else None
-    socket = f"/ws/radiators/{name}/" if name else "/ws/radiators/"
-    if kiosk and request.GET.get("kiosk"):
-        socket += "?kiosk=" + request.GET["kiosk"]
+    # A kiosk page's socket carries its token (set by radiators.kiosk.kiosk_wall).
+    socket = getattr(request, "wall_socket_url", None) or kiosk_socket_url(repository)
     return render(request, "radiators/wall.html", {
         "repository": repository,
         "snapshot": snapshot,
         "snapshot_url": f"/radiators/{name}/snapshot.json" if name else "/radiators/snapshot.json",
         "socket_url": socket,
         "kiosk": kiosk,
-        "live_js": _has_live_js(),
         "controls": controls and repository is not None,
         "claims": controls,
         "username": user.get_username() if controls else "",
@@ -66,20 +60,36 @@ def render_wall(request, repository, *, kiosk=False):
     })
 
 
+def _viewable(view):
+    """Walls are public unless TRAINYARD_WALLS_PUBLIC is off: then signed-in users only
+    (wall screens use a kiosk link instead)."""
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not can_view_walls(request.user):
+            from django.contrib.auth.views import redirect_to_login
+
+            return redirect_to_login(request.get_full_path())
+        return view(request, *args, **kwargs)
+    return wrapper
+
+
 @require_safe
 @never_cache
+@_viewable
 def radiator(request, name):
     return render_wall(request, _repository(name))
 
 
 @require_safe
 @never_cache
+@_viewable
 def radiator_all(request):
     return render_wall(request, None)
 
 
 @require_safe
 @never_cache
+@_viewable
 def snapshot(request, name=None):
     repository = _repository(name) if name is not None else None
     return JsonResponse(wall_snapshot(repository))

@@ -93,7 +93,7 @@ def test_the_token_cannot_post_anything(demo):
 
 
 def test_the_token_reads_nothing_else(demo, settings):
-    settings.TRAINYARD_WALLS_PUBLIC = False
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALLS_PUBLIC": False}
     _, raw = kiosk.issue(demo, "east wall")
     client = Client()
     bearer = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
@@ -117,7 +117,7 @@ def test_walls_are_public_by_default_and_private_on_request(settings):
     from django.contrib.auth.models import AnonymousUser
 
     assert kiosk.can_view_walls(AnonymousUser())
-    settings.TRAINYARD_WALLS_PUBLIC = False
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALLS_PUBLIC": False}
     assert not kiosk.can_view_walls(AnonymousUser())
     assert kiosk.can_view_walls(UserFactory(username="member"))
     assert not kiosk.can_view_walls(UserFactory(username="gone", is_active=False))

@@ -16,7 +16,6 @@ from channels.layers import get_channel_layer
 from django.urls import reverse
 
 from pipeline.asgi import application
-from radiators.views import RECENT_BUILDS
 from tests.factories import BuildFactory, CommitFactory, JobFactory, RepositoryFactory, UserFactory
 from tests.helpers import off_main_thread
 
@@ -25,35 +24,28 @@ ORIGIN = (b"origin", b"http://127.0.0.1")
 
 # Helpers --------------------------------------------------------------------------------
 
-class Board(HTMLParser):
-    """What a radiator page shows: {build id: status} and {job id: (build, name, status)}."""
+class Page(HTMLParser):
+    """What a wall page carries: its scripts, inline event handlers, forms and buttons."""
 
     def __init__(self, html):
         super().__init__()
-        self.builds, self.jobs, self.scripts, self.handlers = {}, {}, [], []
-        self.template_depth = 0
-        self._build = None
+        self.scripts, self.handlers, self.forms, self.buttons = [], [], 0, 0
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "template":
-            self.template_depth += 1
-        if tag == "script":
-            self.scripts.append(attrs)
+        if tag == "script" and "src" in attrs:
+            self.scripts.append(attrs["src"])
         self.handlers += [name for name in attrs if name.startswith("on")]
-        if self.template_depth:
-            return
-        if "data-build-id" in attrs:
-            self._build = int(attrs["data-build-id"])
-            self.builds[self._build] = attrs["data-status"]
-        if "data-job-id" in attrs:
-            self.jobs[int(attrs["data-job-id"])] = (self._build, attrs["data-job-name"],
-                                                   attrs["data-status"])
+        self.forms += tag == "form"
+        self.buttons += tag == "button"
 
-    def handle_endtag(self, tag):
-        if tag == "template":
-            self.template_depth -= 1
+
+def embedded_snapshot(html):
+    """The snapshot the page carries for radiator.js (json_script, not executed)."""
+    start = html.index('<script id="wall-snapshot" type="application/json">')
+    body = html[html.index(">", start) + 1:html.index("</script>", start)]
+    return json.loads(body)
 
 
 def make_build(repository, status, jobs=(), branch="feature/x", user=None):
@@ -140,54 +132,44 @@ def run(scenario):
 
 # The page ------------------------------------------------------------------------------
 
-def test_it_shows_recent_builds_and_their_jobs_to_anonymous_viewers(client, demo,
-                                                                    django_assert_max_num_queries):
+def test_anonymous_viewers_get_the_wall_with_its_snapshot_and_no_controls(
+        client, demo, django_assert_max_num_queries):
     alice = UserFactory(username="alice")
-    passed = make_build(demo, "passed", [("lint", "passed"), ("unit", "passed")], user=alice)
     failed = make_build(demo, "failed", [("lint", "passed"), ("unit", "failed")],
-                        branch="feature/broken")
+                        branch="feature/broken", user=alice)
     running = make_build(demo, "running", [("lint", "running"), ("unit", "queued")],
                          branch="feature/live")
     other = make_build(RepositoryFactory(name="other"), "passed", [("lint", "passed")])
 
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(10):
         response = client.get("/radiators/demo/")
 
     assert response.status_code == 200
-    board = Board(response.content.decode())
-    assert board.builds == {passed.pk: "passed", failed.pk: "failed", running.pk: "running"}
-    assert other.pk not in board.builds
-    jobs = {(build, name): status for build, name, status in board.jobs.values()}
-    assert jobs == {
-        (passed.pk, "lint"): "passed", (passed.pk, "unit"): "passed",
-        (failed.pk, "lint"): "passed", (failed.pk, "unit"): "failed",
-        (running.pk, "lint"): "running", (running.pk, "unit"): "queued",
-    }
-    # Newest first, and every status also written as a word (not colour alone).
-    assert list(board.builds) == [running.pk, failed.pk, passed.pk]
     html = response.content.decode()
-    assert "feature/broken" in html and "alice" in html and passed.sha[:7] in html
-    for word in ("passed", "failed", "running", "queued"):
-        assert f'data-part="job-status">{word}<' in html
-    # Read-only: no forms, and the live part comes from a static script, data in attributes.
-    assert "<form" not in html and "<button" not in html
-    assert board.scripts == [{"src": "/static/radiators/radiator.js", "defer": None}]
-    assert board.handlers == []
+    snapshot = embedded_snapshot(html)
+    builds = snapshot["panels"]["builds"]
+    assert [b["id"] for b in builds["running"]] == [running.pk]
+    assert [(j["name"], j["status"]) for j in builds["running"][0]["jobs"]] == [
+        ("lint", "running"), ("unit", "queued")]
+    assert [b["id"] for b in builds["finished"]] == [failed.pk]
+    assert other.pk not in {b["id"] for b in builds["running"] + builds["finished"]}
+    # Read-only for anonymous viewers: no forms, no buttons; scripts are static files and
+    # data sits in attributes and a JSON block (the CSP allows no inline code).
+    page = Page(html)
+    assert (page.forms, page.buttons, page.handlers) == (0, 0, [])
+    assert page.scripts == ["/static/radiators/live.js", "/static/radiators/radiator.js"]
     assert 'data-snapshot-url="/radiators/demo/snapshot.json"' in html
-    assert 'data-socket-path="/ws/radiators/demo/"' in html
+    assert 'data-socket-url="/ws/radiators/demo/"' in html
+    assert "csrf" not in html.lower()
     assert response["Cache-Control"].startswith("max-age=0")
 
 
-def test_it_shows_only_the_most_recent_builds(client, demo):
-    builds = [make_build(demo, "passed") for _ in range(RECENT_BUILDS + 3)]
-    board = Board(client.get("/radiators/demo/").content.decode())
-    assert list(board.builds) == [b.pk for b in reversed(builds)][:RECENT_BUILDS]
-
-
-def test_it_says_so_when_there_are_no_builds(client, demo):
-    html = client.get("/radiators/demo/").content.decode()
-    assert "No builds yet" in html
-    assert Board(html).builds == {}
+def test_the_wall_of_all_repositories_shows_every_repository(client, demo):
+    mine = make_build(demo, "running", [("lint", "running")])
+    theirs = make_build(RepositoryFactory(name="other"), "running", [("lint", "running")])
+    snapshot = embedded_snapshot(client.get("/radiators/").content.decode())
+    assert snapshot["repository"] is None
+    assert {b["id"] for b in snapshot["panels"]["builds"]["running"]} == {mine.pk, theirs.pk}
 
 
 def test_it_answers_404_for_an_unknown_repository(client, db):
@@ -200,13 +182,19 @@ def test_it_refuses_writes_over_http(client, demo):
     assert client.post("/radiators/demo/snapshot.json").status_code == 405
 
 
+def test_private_walls_send_anonymous_viewers_to_log_in(client, demo, settings):
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALLS_PUBLIC": False}
+    response = client.get("/radiators/demo/")
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    assert client.get("/radiators/demo/snapshot.json").status_code == 302
+    client.force_login(UserFactory(username="viewer"))
+    assert client.get("/radiators/demo/").status_code == 200
+
+
 # snapshot.json ---------------------------------------------------------------------------
 
-def test_it_serves_a_snapshot_of_the_recent_builds_with_their_jobs(client, demo):
-    alice = UserFactory(username="alice")
-    older = make_build(demo, "failed", [("lint", "passed"), ("unit", "failed")], user=alice)
-    newer = make_build(demo, "running", [("lint", "running")], branch="feature/live")
-    make_build(RepositoryFactory(name="other"), "passed")
+def test_it_serves_the_same_snapshot_as_json(client, demo):
+    running = make_build(demo, "running", [("lint", "running")], branch="feature/live")
 
     response = client.get(reverse("radiators:snapshot", args=["demo"]))
 
@@ -214,17 +202,15 @@ def test_it_serves_a_snapshot_of_the_recent_builds_with_their_jobs(client, demo)
     assert response["Content-Type"] == "application/json"
     assert "no-cache" in response["Cache-Control"]
     data = response.json()
-    assert data["repository"] == "demo"
-    assert data["now"]
-    assert [b["id"] for b in data["builds"]] == [newer.pk, older.pk]
-    first, second = data["builds"]
-    assert (first["branch"], first["status"], first["sha"]) == ("feature/live", "running",
-                                                                newer.sha)
-    assert first["url"] == f"/builds/{newer.pk}/"
-    assert second["requested_by"] == "alice"
-    assert [(j["name"], j["status"]) for j in second["jobs"]] == [("lint", "passed"),
-                                                                 ("unit", "failed")]
-    assert first["jobs"][0]["id"] == newer.jobs.get().pk
+    assert (data["repository"], bool(data["now"]), bool(data["version"])) == ("demo", True, True)
+    assert set(data["panels"]) >= {"branches", "train", "builds", "environments", "tests",
+                                   "nodes"}
+    row = data["panels"]["builds"]["running"][0]
+    assert (row["id"], row["branch"], row["status"], row["sha"]) == (
+        running.pk, "feature/live", "running", running.sha[:10])
+    assert row["url"] == f"/builds/{running.pk}/"
+    # Small whatever the history: never a command or a log.
+    assert "command" not in json.dumps(data) and "log" not in row
 
 
 # The socket ------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def channel_layer(settings):
     """The configured layer, fresh for this test (assigning the setting drops Channels'
     cached layer); no heartbeats unless a test asks for them."""
     settings.CHANNEL_LAYERS = copy.deepcopy(settings.CHANNEL_LAYERS)
-    settings.TRAINYARD_WALL_HEARTBEAT_SECONDS = 3600
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALL_HEARTBEAT_SECONDS": 3600}
     return get_channel_layer()
 
 
@@ -260,7 +260,7 @@ def test_a_resync_sends_a_fresh_snapshot_at_the_current_seq(demo):
 
 
 def test_a_quiet_wall_still_hears_a_heartbeat(demo, settings):
-    settings.TRAINYARD_WALL_HEARTBEAT_SECONDS = 0.3
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALL_HEARTBEAT_SECONDS": 0.3}
 
     async def scenario():
         socket, screen = await connect("/ws/radiators/demo/")
@@ -388,7 +388,7 @@ def session_cookie(user):
 
 
 def test_private_walls_refuse_anonymous_viewers_and_admit_signed_in_ones(demo, settings):
-    settings.TRAINYARD_WALLS_PUBLIC = False
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALLS_PUBLIC": False}
     cookie = session_cookie(UserFactory(username="watcher"))
 
     async def scenario():
@@ -403,7 +403,7 @@ def test_private_walls_refuse_anonymous_viewers_and_admit_signed_in_ones(demo, s
 
 
 def test_a_kiosk_token_opens_its_own_wall_only(demo, settings):
-    settings.TRAINYARD_WALLS_PUBLIC = False
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALLS_PUBLIC": False}
     RepositoryFactory(name="other")
     _, raw = kiosk.issue(demo, "east wall")
     _, all_raw = kiosk.issue(None, "lobby")
@@ -454,7 +454,7 @@ def test_revoking_a_token_closes_its_open_screens_and_refuses_new_ones(demo):
 
 def test_a_revocation_whose_message_was_lost_closes_the_screen_at_the_next_heartbeat(
         demo, settings):
-    settings.TRAINYARD_WALL_HEARTBEAT_SECONDS = 0.3
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALL_HEARTBEAT_SECONDS": 0.3}
     token, raw = kiosk.issue(demo, "east wall")
 
     async def scenario():

@@ -72,7 +72,7 @@ def _no_csp_violations(page):
 
 @pytest.fixture(autouse=True)
 def _quick_heartbeat(settings):
-    settings.TRAINYARD_WALL_HEARTBEAT_SECONDS = 0.5
+    settings.TRAINYARD = {**settings.TRAINYARD, "WALL_HEARTBEAT_SECONDS": 0.5}
 
 
 @pytest.fixture
