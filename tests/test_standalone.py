@@ -141,8 +141,9 @@ def test_it_builds_the_demo_branches_from_a_second_terminal(standalone):
     # The server kept serving through all of that.
     assert urllib.request.urlopen(url + "/radiators/demo/", timeout=5).status == 200
     # Stopping `make run` stops the apps it started on its local nodes: none is left holding
-    # a node's port for the next run to trip over.
-    server.send_signal(signal.SIGINT)
+    # a node's port for the next run to trip over. SIGTERM, as `kill`, systemd or Docker stop
+    # it (Ctrl+C, SIGINT, ends in a KeyboardInterrupt that unwinds the same way).
+    server.send_signal(signal.SIGTERM)
     server.wait(60)
     node_port = urllib.parse.urlsplit(node_url).port
     wait_until(lambda: port_closed(node_port), timeout=15, message="the demo app to stop")

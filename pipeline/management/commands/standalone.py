@@ -2,6 +2,7 @@
 beat scheduler inside the same process."""
 
 import os
+import signal
 
 from django.conf import settings
 from django.core.management import call_command
@@ -64,6 +65,9 @@ class Command(BaseCommand):
             start_beat(app)
             # Tasks queued before the last stop lived in this process's memory broker.
             requeue_everything_queued()
+        # uvicorn shuts down on SIGTERM, then raises the signal again: with the default
+        # action that would end the process before `finally` stops the nodes' apps.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
                         ws="websockets-sansio",
@@ -71,3 +75,7 @@ class Command(BaseCommand):
         finally:
             stopped = standalone.stop_local_apps()
             self.stdout.write(f"stopped the run: apps of the local nodes ({len(stopped)} checked)")
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
