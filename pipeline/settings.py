@@ -235,7 +235,8 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGOUT_REDIRECT_URL = "/"
 LOGIN_REDIRECT_URL = "/"
 
 # Redis: broker and channel layer in production; in-process otherwise.

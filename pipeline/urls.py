@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from pipeline import api, views
@@ -61,6 +62,10 @@ pipeline_patterns = [
 ]
 
 urlpatterns = [
+    # Team members log in here (the admin's login is for staff only).
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True),
+         name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("radiators/", include("radiators.urls")),
     path("", include((pipeline_patterns, "pipeline"))),

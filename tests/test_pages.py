@@ -182,3 +182,25 @@ def test_a_job_without_a_report_shows_no_tests(client, repository):
     JobFactory(build=build, name="lint", status="passed")
     page = client.get(build.get_absolute_url()).content.decode()
     assert 'class="tests"' not in page
+
+
+def test_a_team_member_who_is_not_staff_logs_in_and_lands_on_the_wall(client, db):
+    """The admin's login is for staff: team members (an author approving a train from the
+    wall) log in through Trainyard's own page and come back where they were."""
+    from tests.factories import RepositoryFactory, UserFactory
+
+    RepositoryFactory(name="demo")
+    UserFactory(username="alice", password="pw-for-alice-1")
+    wall = client.get("/radiators/demo/").content.decode()
+    assert 'href="/accounts/login/?next=/radiators/demo/"' in wall
+    page = client.get("/accounts/login/?next=/radiators/demo/")
+    assert page.status_code == 200 and 'name="next" value="/radiators/demo/"' in page.content.decode()
+    refused = client.post("/accounts/login/", {"username": "alice", "password": "wrong",
+                                              "next": "/radiators/demo/"})
+    assert "do not match" in refused.content.decode()
+    response = client.post("/accounts/login/", {"username": "alice", "password": "pw-for-alice-1",
+                                               "next": "/radiators/demo/"})
+    assert (response.status_code, response["Location"]) == (302, "/radiators/demo/")
+    assert 'data-username="alice"' in client.get("/radiators/demo/").content.decode()
+    assert client.post("/accounts/logout/").status_code == 302
+    assert "data-username" not in client.get("/radiators/demo/").content.decode()
