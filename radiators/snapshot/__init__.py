@@ -1,0 +1,97 @@
+"""What a wall shows, as plain data: the one source for the page, `snapshot.json` and
+the live socket (which sends it whole on connect, then only the panels that changed).
+
+Contract (the socket layer relies on it):
+
+    wall_snapshot(repository=None) -> {
+        "repository": name or None (None: the wall of all repositories),
+        "version": the server's version (a new one makes open pages reload),
+        "now": ISO time it was taken,
+        "panels": {panel name: JSON-ready data},   # compared panel by panel
+    }
+
+Panels are replaced whole on the screen, so each is small and self-contained:
+
+- "layout": {"order": [panel names], "sound": bool} (WallLayout, edited in the admin).
+- "branches": the default branch and every branch on a branch node (or building), one
+  tile each, exceptions first: "failed"/"error" (broken since when, how many runs, the
+  claim), then "flaky" (red only because of known flaky tests), then "no_results"; the
+  green ones are one collapsed tile ("greens"). A running build never hides the result
+  before it: `running` is shown beside the last result ("sick building").
+- "builds": builds in progress with their jobs' progress, and the last finished ones.
+- "train": per repository, the current train's strip (staging -> ... -> production,
+  each stage with SHA, acceptance, time against its usual duration, ETA), its authors'
+  answers (and for how long they have been blocking it) and the next tick's time.
+- "environments": the SHA each environment runs (from its nodes).
+- "tests": pass rate per suite over 24 h and 7 days, flaky and slowest tests (rollups).
+- "nodes": node health.
+
+Speed: whatever the history, a fixed number of queries (at most nine, plus one when a
+red streak is longer than the window of recent builds read) on indexed, bounded reads:
+never whole logs, commands or the TestResult table (`radiators.rollups` keeps the sums).
+"""
+
+from django.utils import timezone
+
+from pipeline.models import Build
+from radiators.models import WallLayout
+
+from ._branches import _branch_tiles, _branches_panel, _mark_flaky
+from ._common import FINISHED_SHOWN, MAX_TILES, PANELS, RECENT_WINDOW, RUNNING_SHOWN
+from ._panels import _builds_panel, _environments_panel, _nodes_panel, _tests_panel
+from ._reads import _jobs, _nodes, _recent_builds, _shown_trains, _trains
+from ._train_strip import _train_panel
+
+__all__ = ["MAX_TILES", "PANELS", "RECENT_WINDOW", "server_version", "wall_layout",
+           "wall_snapshot"]
+
+
+def server_version():
+    from django.conf import settings
+
+    return getattr(settings, "TRAINYARD_VERSION", "dev")
+
+
+def wall_snapshot(repository=None):
+    now = timezone.now()
+    builds = _recent_builds(repository)
+    nodes = _nodes(repository)
+    trains = _trains(repository)
+    shown_trains = _shown_trains(trains)
+    branches, wanted_builds = _branch_tiles(repository, builds, nodes, now)
+    running = [b for b in builds if b["status"] in Build.ACTIVE][:RUNNING_SHOWN]
+    finished = [b for b in builds if b["status"] not in Build.ACTIVE][:FINISHED_SHOWN]
+    train_builds = {t[key]: t["id"] for t in trains for key in ("first_build", "last_build")
+                    if t[key]}
+    jobs = _jobs({b["id"] for b in running + finished} | wanted_builds | set(train_builds), now)
+    for job in jobs:
+        job["train_id"] = train_builds.get(job["build_id"])
+    _mark_flaky(branches, jobs)
+    return {
+        "repository": repository.name if repository is not None else None,
+        "version": server_version(),
+        "now": now.isoformat(),
+        "panels": {
+            "layout": wall_layout(repository),
+            "branches": _branches_panel(branches),
+            "builds": _builds_panel(running, finished, jobs),
+            "train": _train_panel(repository, trains, shown_trains, jobs, nodes, now),
+            "environments": _environments_panel(nodes),
+            "tests": _tests_panel(repository, now),
+            "nodes": _nodes_panel(nodes),
+        },
+    }
+
+
+def wall_layout(repository):
+    """The wall's layout: from `repository.wall_layout` (select_related it to save the
+    query) or, for the all-repositories wall, the layout without a repository."""
+    if repository is None:
+        layout = WallLayout.objects.filter(repository=None).first()
+    else:
+        try:
+            layout = repository.wall_layout
+        except WallLayout.DoesNotExist:
+            layout = None
+    order = [name for name in (layout.panels if layout else []) if name in PANELS] or PANELS
+    return {"order": order, "sound": bool(layout and layout.sound)}
