@@ -478,3 +478,29 @@ def test_a_job_storing_its_junit_report_updates_the_rollups(shop, tmp_path):
     assert (suite.runs, suite.failures, suite.skipped, suite.duration) == (3, 1, 1, 2.0)
     bad = TestCaseDay.objects.get(repository=shop, name="test_bad")
     assert (bad.runs, bad.failures, bad.flips, bad.duration_max) == (1, 1, 0, 1.5)
+
+
+def test_the_version_is_the_deployments_or_a_digest_of_the_walls_code(settings, tmp_path):
+    import re
+
+    from radiators.snapshot import _code_digest, server_version
+
+    _code_digest.cache_clear()
+    current = server_version()
+    assert re.fullmatch(r"[0-9a-f]{12}", current) and server_version() == current
+    # A changed wall (here: its stylesheet found first in another static folder) is a new
+    # version, so open pages reload when a server with it starts.
+    static = tmp_path / "radiators"
+    static.mkdir()
+    (static / "radiator.css").write_text("body { color: red; }\n")
+    original = list(settings.STATICFILES_DIRS)
+    settings.STATICFILES_DIRS = [tmp_path, *original]
+    _code_digest.cache_clear()
+    try:
+        assert server_version() != current
+    finally:
+        settings.STATICFILES_DIRS = original
+        _code_digest.cache_clear()
+    assert server_version() == current
+    settings.TRAINYARD_VERSION = "2026.12.1"
+    assert server_version() == "2026.12.1"

@@ -31,6 +31,10 @@ red streak is longer than the window of recent builds read) on indexed, bounded 
 never whole logs, commands or the TestResult table (`radiators.rollups` keeps the sums).
 """
 
+import functools
+import hashlib
+from pathlib import Path
+
 from django.utils import timezone
 
 from pipeline.models import Build
@@ -47,9 +51,27 @@ __all__ = ["MAX_TILES", "PANELS", "RECENT_WINDOW", "server_version", "wall_layou
 
 
 def server_version():
+    """What open walls compare to know they run old code: TRAINYARD_VERSION when the
+    deployment sets one, else a digest of the wall's own code (its page, script and
+    styles), so a server started with a changed wall makes every open page reload."""
     from django.conf import settings
 
-    return getattr(settings, "TRAINYARD_VERSION", "dev")
+    return getattr(settings, "TRAINYARD_VERSION", None) or _code_digest()
+
+
+@functools.cache
+def _code_digest():
+    from django.contrib.staticfiles import finders
+    from django.template.loader import get_template
+
+    digest = hashlib.sha256()
+    paths = [finders.find(f"radiators/{name}") for name in ("live.js", "radiator.js",
+                                                             "radiator.css")]
+    paths.append(get_template("radiators/wall.html").origin.name)
+    for path in paths:
+        if path:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def wall_snapshot(repository=None):
