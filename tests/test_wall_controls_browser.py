@@ -168,6 +168,12 @@ def test_the_command_box_runs_why_and_a_veto_needs_a_reason(page, asgi_server, p
 def test_the_authors_approve_from_the_wall_and_the_train_moves(page, asgi_server, people,
                                                                waiting_train):
     alice, bob, _ = people
+    # A second screen, nobody signed in (the wall on the office TV), open all along.
+    tv = page.context.browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
+    open_wall(tv, asgi_server, waiting_train.repository)
+    expect(tv.locator('[data-role="connection"]')).to_have_attribute("data-state", "live",
+                                                                     timeout=LIVE)
+    tv.evaluate("window.__marker = 1")  # gone if it ever reloads
     for author in (alice, bob):
         page.context.clear_cookies()
         log_in(page, asgi_server, author)
@@ -178,6 +184,11 @@ def test_the_authors_approve_from_the_wall_and_the_train_moves(page, asgi_server
         expect(page.locator('[data-role="result"]')).to_contain_text(
             f"{author.username} says good to train #{waiting_train.pk}", timeout=LIVE)
         expect(page.locator(f'[data-author="{author.username}"] .badge-word')).to_have_text("GOOD")
+        # The other screen sees the answer over its socket, without a reload.
+        expect(tv.locator(f'[data-author="{author.username}"] .badge-word')).to_have_text(
+            "GOOD", timeout=LIVE)
+    assert tv.evaluate("window.__marker") == 1
+    tv.context.close()
 
     wait_for_train(waiting_train, "deploying_production", "deployed", "failed", timeout=180)
     assert waiting_train.status != "failed", waiting_train.message
