@@ -116,7 +116,8 @@ def serve(port, in_process_publisher):
     if in_process_publisher:
         threading.Thread(target=publisher_loop, args=(sys.stdin, sys.stdout), daemon=True).start()
     uvicorn.run("pipeline.asgi:application", host="127.0.0.1", port=port, log_level="warning",
-                ws="websockets-sansio", lifespan="off", access_log=False)
+                ws="websockets-sansio", lifespan="off", access_log=False,
+                ws_per_message_deflate=False)  # as the Procfile and docker-compose.yml
 
 
 async def floor_server(port, redis_url):
@@ -240,6 +241,33 @@ class Process:
                 self.proc.wait()
 
 
+class ClientGroup:
+    """The screens split over several client processes, driven as one: a single asyncio
+    process decoding 1000 frames per event adds its own queue to the latency it measures."""
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def send(self, line):
+        for proc in self.processes:
+            proc.send(line)
+
+    def expect(self, prefix, timeout=300):
+        answers = [proc.expect(prefix, timeout) for proc in self.processes]
+        if prefix != "REPORT ":
+            return answers[0]
+        reports = [json.loads(answer) for answer in answers]
+        return json.dumps({"frames": sum(r["frames"] for r in reports),
+                           "seen": [mine for r in reports for mine in r["seen"]]})
+
+    def cpu_seconds(self):
+        return sum(proc.cpu_seconds() for proc in self.processes)
+
+    def stop(self):
+        for proc in self.processes:
+            proc.stop()
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -352,10 +380,14 @@ def run_config(config, args, folder, redis_url, database_url, round_counter):
             try:
                 wait_for_port(port)
                 path = "/" if config == "floor" else "/ws/radiators/bench/"
-                clients = Process(["clients", "--url", f"ws://127.0.0.1:{port}{path}",
-                                   "--origin", f"http://127.0.0.1:{port}", "--n", str(count),
-                                   *(["--no-deflate"] if args.no_deflate else [])],
-                                  env, "clients")
+                shares = [count // args.client_processes + (i < count % args.client_processes)
+                          for i in range(args.client_processes)]
+                clients = ClientGroup([
+                    Process(["clients", "--url", f"ws://127.0.0.1:{port}{path}",
+                             "--origin", f"http://127.0.0.1:{port}", "--n", str(share),
+                             *(["--no-deflate"] if args.no_deflate else [])],
+                            env, f"clients-{i}")
+                    for i, share in enumerate(shares) if share])
                 clients.expect("READY", timeout=300)
                 for pattern in ("steady", "burst"):
                     round_ = next(round_counter)
@@ -405,6 +437,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=5)
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="processes the screens are split over (default 2: one per core here)")
     parser.add_argument("--no-deflate", action="store_true",
                         help="clients do not offer permessage-deflate (browsers do)")
     args = parser.parse_args(argv)

@@ -69,8 +69,9 @@ class Command(BaseCommand):
         # action that would end the process before `finally` stops the nodes' apps.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
+            # No per-message deflate: each wall frame would be compressed once per screen.
             uvicorn.run("pipeline.asgi:application", host=host, port=port, log_level="info",
-                        ws="websockets-sansio",
+                        ws="websockets-sansio", ws_per_message_deflate=False,
                         lifespan="off")
         finally:
             stopped = standalone.stop_local_apps()
