@@ -44,6 +44,18 @@ def release(repository, branch, user):
         _record(repository, branch, user, "released", "")
 
 
+def release_when_green(build):
+    """A branch that is green again needs nobody on it: its open claim ends with the
+    build that fixed it (called as the build ends, in its transaction)."""
+    ended = Claim.objects.filter(repository_id=build.repository_id, branch=build.branch,
+                                 released_at=None).update(released_at=timezone.now())
+    if ended:
+        record_event("radiator.claim", subject=build, new="released",
+                     message=f"{build.branch} is green again (build #{build.pk}): claim released",
+                     data={"branch": build.branch})
+    return bool(ended)
+
+
 def _record(repository, branch, user, what, note):
     # The event makes every open wall redraw (radiators listen to the event log).
     record_event("radiator.claim", subject=repository, new=what, actor=user,

@@ -504,3 +504,23 @@ def test_the_version_is_the_deployments_or_a_digest_of_the_walls_code(settings, 
     assert server_version() == current
     settings.TRAINYARD_VERSION = "2026.12.1"
     assert server_version() == "2026.12.1"
+
+
+def test_a_claim_ends_when_the_branch_is_green_again(shop, alice):
+    from pipeline.models import Event
+    from pipeline.services.builds import end_build
+    from radiators.claims import claim
+
+    make_build(shop, status="failed", minutes_ago=30)
+    claim(shop, "master", alice, note="on it")
+    fix = make_build(shop, status="running", minutes_ago=1)
+    assert Claim.objects.filter(released_at=None).count() == 1
+    assert end_build(fix, Build.Status.PASSED, "all checks passed")
+    assert not Claim.objects.filter(released_at=None).exists()
+    assert Event.objects.filter(kind="radiator.claim", new="released", build=fix).exists()
+    # A red end keeps the claim of whoever is on it.
+    make_build(shop, status="failed", minutes_ago=0)
+    claim(shop, "master", alice)
+    again = make_build(shop, status="running", minutes_ago=0)
+    end_build(again, Build.Status.FAILED, "unit failed")
+    assert Claim.objects.filter(released_at=None).count() == 1

@@ -245,6 +245,10 @@ def end_build(build, outcome, message):
         if ended:
             release_node(build)
             _record_candidate(build, outcome)
+            if outcome == Build.Status.PASSED:
+                from radiators.claims import release_when_green
+
+                release_when_green(build)
             transaction.on_commit(dispatch_waiting_deploys)
     return ended
 
