@@ -17,7 +17,7 @@ from tests.helpers import FAST_SPEC, GitRepo, free_port, require, wait_until
 QUEUES = ["default", "checks", "deploys"]
 
 # Real sshd nodes on loopback: client_key, sshd_factory, ssh_nodes.
-pytest_plugins = ["tests.sshd", "tests.fault_fixtures"]
+pytest_plugins = ["tests.sshd", "tests.fault_fixtures", "tests.train_fixtures"]
 
 
 def pytest_sessionstart(session):

@@ -766,7 +766,7 @@ def test_the_inbox_lists_newest_first_and_marks_read(client, alice, bob, train):
 def shop(worker, tmp_path):
     """tests/test_trains.py's world: a real repository by alice and bob, local nodes for
     staging and production (3), its apps stopped at the end."""
-    from tests.test_trains import make_world
+    from tests.trainworld import make_world
 
     world = make_world(tmp_path)
     yield world

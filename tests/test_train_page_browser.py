@@ -6,14 +6,9 @@ docs/screenshots/train.png when TRAINYARD_SCREENSHOTS=1."""
 import pytest
 from playwright.sync_api import expect
 
-from pipeline.models import DeployTrain
-from pipeline.services import trains
 from tests.csp import csp_violations, watch_csp
-from tests.factories import UserFactory
-from tests.helpers import off_main_thread
 from tests.test_radiator_browser import log_in, screenshot_path
-from tests.test_trains import make_world
-from tests.trainworld import BOB, CAROL, wait_for_train
+from tests.trainworld import wait_for_train
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 LIVE = 30_000
@@ -25,29 +20,6 @@ def _no_csp_violations(page):
     seen = watch_csp(page)
     yield
     assert csp_violations(page, seen) == []
-
-
-@pytest.fixture
-def people(transactional_db):
-    return (UserFactory(username="alice", email="alice@example.com"),
-            UserFactory(username="bob", email="bob@example.com"),
-            UserFactory(username="rm", email="rm@example.com", perms=["pipeline.release_manager"]))
-
-
-@pytest.fixture
-def waiting_train(worker, people, tmp_path):
-    """A train of alice's, bob's and an unmapped contractor's commits that passed staging,
-    preview and pre-prod and waits for its authors."""
-    world = make_world(tmp_path, environments=("staging", "preview", "preprod"))
-    world.commit({"bye.txt": "bye\n"}, "Say goodbye on the way out", author=BOB)
-    world.commit({"footer.txt": "footer\n"}, "Fix the footer on small screens", author=CAROL)
-    world.green()
-    train = off_main_thread(trains.start_train, world.repository, via="test")
-    wait_for_train(train, DeployTrain.Status.AWAITING_APPROVAL, DeployTrain.Status.FAILED,
-                   timeout=180)
-    assert train.status == DeployTrain.Status.AWAITING_APPROVAL, train.message
-    yield train
-    world.stop_apps()
 
 
 def test_an_author_approves_and_a_reasonless_veto_is_refused(page, asgi_server, people,

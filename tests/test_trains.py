@@ -3,49 +3,21 @@ real worker, local nodes whose apps really run, acceptance tests in the sandbox.
 schedule is driven directly (a tick is a function call): nothing here sleeps."""
 
 import pytest
-from django.contrib.auth.models import Permission
 
 from pipeline.models import Approval, DeployTrain, Event, Job, TrainCommit
 from pipeline.services import trains
 from pipeline.services.trains import TrainError
 from tests.factories import UserFactory
-from tests.helpers import GitRepo
 from tests.trainworld import (
-    ACCEPTANCE,
     ALICE,
-    APP,
     BOB,
     CAROL,
-    DRAIN,
-    SPEC,
-    TrainWorld,
+    make_world,
     serving,
     wait_for_train,
 )
 
 T = DeployTrain.Status
-
-
-@pytest.fixture
-def people(transactional_db):
-    alice = UserFactory(username="alice", email="alice@example.com")
-    bob = UserFactory(username="bob", email="bob@example.com")
-    manager = UserFactory(username="rm", email="rm@example.com")
-    manager.user_permissions.add(Permission.objects.get(codename="release_manager"))
-    return alice, bob, manager
-
-
-def make_world(tmp_path, environments=("staging",)):
-    from tests.factories import RepositoryFactory
-
-    repo = GitRepo(tmp_path / "origin")
-    repo.commit({"trainyard.yml": SPEC.format(environments=", ".join(environments)),
-                 "app.py": APP, "drain.py": DRAIN, "acceptance.py": ACCEPTANCE},
-                message="The app", author=ALICE)
-    repository = RepositoryFactory(name="shop", clone_url=str(repo.path))
-    world = TrainWorld(repository, repo, tmp_path)
-    world.add_nodes(environments)
-    return world
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from nodes.models import Node
 from pipeline.models import Build, DeployTrain, ReleaseCandidate
 from pipeline.services.builds import request_build
-from tests.helpers import build_ended, free_port, wait_until
+from tests.factories import RepositoryFactory
+from tests.helpers import GitRepo, build_ended, free_port, wait_until
 
 ALICE = ("Alice", "alice@example.com")
 BOB = ("Bob", "bob@example.com")
@@ -142,3 +143,14 @@ def wait_for_train(train, *statuses, timeout=120):
 
 def active(train):
     return DeployTrain.objects.get(pk=train.pk)
+
+
+def make_world(tmp_path, environments=("staging",)):
+    repo = GitRepo(tmp_path / "origin")
+    repo.commit({"trainyard.yml": SPEC.format(environments=", ".join(environments)),
+                 "app.py": APP, "drain.py": DRAIN, "acceptance.py": ACCEPTANCE},
+                message="The app", author=ALICE)
+    repository = RepositoryFactory(name="shop", clone_url=str(repo.path))
+    world = TrainWorld(repository, repo, tmp_path)
+    world.add_nodes(environments)
+    return world

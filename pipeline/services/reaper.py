@@ -35,7 +35,9 @@ def reap_stuck_runs(now=None):
     reaped = _rerun_silent_jobs(now)
     reaped += _end_builds_that_never_started(now)
     reaped += _requeue_lost_tasks(now)
-    for build in Build.objects.filter(status=Build.Status.RUNNING, jobs__isnull=False).distinct():
+    # Train builds are left to their trains (advanced below): not advanced twice a round.
+    for build in (Build.objects.filter(status=Build.Status.RUNNING, jobs__isnull=False)
+                  .exclude(kind=Build.Kind.TRAIN).distinct()):
         reaped += bool(finish_build_if_done(build.pk))
     # Trains waiting for a lock that expired, or whose advance task was lost, move on.
     from pipeline.services.trains import advance_active

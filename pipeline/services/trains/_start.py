@@ -5,6 +5,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from pipeline.models import (
@@ -221,8 +222,9 @@ def _record_commits(train, commits):
                 pr_of.setdefault(branch_commit["sha"], pr)
         pr_of[merge_sha] = pr
     rows = []
+    stored = _commit_rows(repository, commits)
     for position, info in enumerate(commits):
-        commit = _commit_row(repository, info)
+        commit = stored[info["sha"]]
         is_merge = len(info["parents"]) > 1
         match = _REVERTS.search(info["message"])
         rows.append(TrainCommit(
@@ -232,13 +234,16 @@ def _record_commits(train, commits):
     TrainCommit.objects.bulk_create(rows)
 
 
-def _commit_row(repository, info):
-    message = info["message"]
-    commit, _ = Commit.objects.get_or_create(repository=repository, sha=info["sha"], defaults={
-        "author_name": info["author_name"][:200], "author_email": info["author_email"][:254],
-        "committed_at": info["committed_at"] or None, "message": message,
-        "is_revert": message.startswith("Revert ")})
-    return commit
+def _commit_rows(repository, commits):
+    """{sha: Commit} for `commits`, the missing ones made in one insert (not one query each)."""
+    shas = [info["sha"] for info in commits]
+    Commit.objects.bulk_create([
+        Commit(repository=repository, sha=info["sha"], author_name=info["author_name"][:200],
+               author_email=info["author_email"][:254], committed_at=info["committed_at"] or None,
+               message=info["message"], is_revert=info["message"].startswith("Revert "))
+        for info in commits], ignore_conflicts=True)
+    return {commit.sha: commit
+            for commit in Commit.objects.filter(repository=repository, sha__in=shas)}
 
 
 def _author_key(info):
@@ -246,18 +251,17 @@ def _author_key(info):
 
 
 def _user_map(commits):
-    """(email, name) -> active user: e-mail first, then a login equal to the author name."""
-    User = get_user_model()
+    """(email, name) -> active user: e-mail first (any case), then a login equal to the
+    author name. One query."""
     emails = {c["author_email"].lower() for c in commits if c["author_email"]}
     names = {c["author_name"].lower() for c in commits if c["author_name"]}
     by_email, by_login = {}, {}
-    for user in User.objects.filter(is_active=True).filter(
-            Q(email__in=[e for e in emails]) | Q(username__in=list(names))):
+    users = (get_user_model().objects.filter(is_active=True)
+             .annotate(email_lower=Lower("email"), login_lower=Lower("username"))
+             .filter(Q(email_lower__in=emails) | Q(login_lower__in=names)))
+    for user in users:
         if user.email:
-            by_email.setdefault(user.email.lower(), user)
-        by_login.setdefault(user.username.lower(), user)
-    # Case-insensitive e-mail matches the filter above may miss (User.email is as typed).
-    for user in User.objects.filter(is_active=True).exclude(email=""):
-        by_email.setdefault(user.email.lower(), user) if user.email.lower() in emails else None
+            by_email.setdefault(user.email_lower, user)
+        by_login.setdefault(user.login_lower, user)
     return {_author_key(c): by_email.get(c["author_email"].lower())
             or by_login.get(c["author_name"].lower()) for c in commits}
