@@ -47,6 +47,7 @@ from fanout_nodes import (  # noqa: E402
     stop_nodes,
     wait_idle,
 )
+from machine import machine_busy, settle  # noqa: E402
 
 PAYLOAD = "payload.bin"
 TOOLS = ("trainyard", "asyncssh", "ansible")
@@ -112,35 +113,16 @@ def _installed(distribution):
 
 # Measuring ----------------------------------------------------------------------------------
 
-def _machine_busy():
-    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 def _own_cpu():
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def settle(limit, threshold=0.25, window=0.5):
-    """Wait (up to `limit` s) until the machine's other processes use < `threshold` cores.
-    Returns how busy it was at the last look (cores)."""
-    deadline = time.monotonic() + limit
-    while True:
-        busy = _machine_busy()
-        time.sleep(window)
-        cores = (_machine_busy() - busy) / window
-        if cores < threshold or time.monotonic() >= deadline:
-            return cores
-
-
 def measure(nodes, tool, work):
-    cpu, busy, started = _own_cpu(), _machine_busy(), time.perf_counter()
+    cpu, busy, started = _own_cpu(), machine_busy(), time.perf_counter()
     work()
     wall = time.perf_counter() - started
-    return Sample(nodes, tool, wall, _own_cpu() - cpu, _machine_busy() - busy)
+    return Sample(nodes, tool, wall, _own_cpu() - cpu, machine_busy() - busy)
 
 
 # The runs -----------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/radiator_fanout.py [--clients 100,500,1000]
         [--configs production,standalone,floor] [--seconds 10] [--rate 5] [--burst 200]
+        [--client raw|websockets] [--client-processes 2] [--settle 60]
 
-For each configuration and N: one server process, N asyncio websocket clients (one client
-process), then a steady RATE events/s for SECONDS, then a burst of BURST events. Each event
-is what a worker does: in one transaction, a new Build (branch `bench-R-I`, the marker)
-and its Event through `record_event`, published after commit by radiators.events.publish.
+For each configuration and N: one server process, N asyncio websocket clients (split over
+--client-processes processes), then a steady RATE events/s for SECONDS, then a burst of
+BURST events. Each event is what a worker does: in one transaction, a new Build (branch
+`bench-R-I`, the marker) and its Event through `record_event`, published after commit by
+radiators.events.publish.
 A client "sees" an event when a frame carrying its marker arrives; latency = that moment
 minus the moment just before the publisher's transaction (same machine, same clock).
 
@@ -22,7 +24,14 @@ Printed per row: p50/p99 delivery latency (steady: every event on every client; 
 the burst's last event), frames/s received by all clients, the server's CPU (% of one
 core, from /proc/<pid>/stat) and "lost": steady, (event, client) pairs never seen; burst,
 clients that never saw the burst's final state (coalescing may skip intermediate ones:
-by design). Clients and server negotiate permessage-deflate, as browsers do.
+by design).
+
+The clients (`raw`, the default) read frames straight off an asyncio Protocol: a few us a
+frame, so the latency is the server's. `--client websockets` uses the library's client
+(about 90 us of Python a frame, in every configuration's latency) and offers
+permessage-deflate, as browsers do; Trainyard's servers decline it, the floor accepts it.
+Before each configuration, the run waits (up to --settle s) for the rest of the machine to
+use less than a quarter of a core: the clients share its cores with the server.
 
 Needs PostgreSQL and Redis for production and floor (DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/postgres, a database is made for the run and dropped;
@@ -31,6 +40,8 @@ REDIS_URL, default redis://127.0.0.1:6379/15, flushed).
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import platform
@@ -48,7 +59,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine import settle  # noqa: E402
+
 MARKER = re.compile(r"bench-(\d+)-(\d+)")
+RAW_MARKER = re.compile(rb"bench-\d+-\d+")
 FLOOR_CHANNEL = "trainyard-bench-floor"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -151,8 +166,101 @@ async def floor_server(port, redis_url):
 
 
 # Clients -------------------------------------------------------------------------------
+#
+# The clients are the instrument, not what is measured: a screen's latency is the moment its
+# frame is read. With the `websockets` library a frame costs its client process about 90 us
+# of Python (1000 screens over two processes: ~45 ms per event before the last screen of a
+# process has read its frame), which lands in the figures of every configuration, the floor
+# included. The default `raw` client reads frames straight off an asyncio Protocol (a few us
+# each), so the figures are the server's; `--client websockets` measures with the library.
 
-async def clients_main(url, origin, count, compression="deflate"):
+class RawScreen(asyncio.Protocol):
+    """A websocket client reduced to what the bench needs: the handshake (its answer
+    checked), server frames parsed as they arrive (text, continuation, ping answered with a
+    masked pong, close), markers recorded with the time the bytes were read."""
+
+    def __init__(self, host, path, origin, mine, frames, ready):
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key}\r\n"
+                        f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode()
+        self.mine, self.frames, self.ready = mine, frames, ready
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.fragments = []
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc):
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before the snapshot: {exc}"))
+
+    def data_received(self, data):
+        now = time.time()
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).decode("latin-1")
+            accept = base64.b64encode(hashlib.sha1(
+                (self.key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            if not head.startswith("HTTP/1.1 101") or accept not in head:
+                self.ready.set_exception(ConnectionError(head.split("\r\n", 1)[0]))
+                self.transport.close()
+                return
+            del buffer[:end + 4]
+            self.upgraded = True
+        while len(buffer) >= 2:
+            length, offset = buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                return
+            first = buffer[0]
+            payload = bytes(buffer[offset:offset + length])
+            del buffer[:offset + length]
+            self.frame(first & 0x80, first & 0x0F, payload, now)
+
+    def frame(self, fin, opcode, payload, now):
+        if opcode == 0x9:  # ping
+            self.send(0xA, payload)
+        elif opcode == 0x8:  # close: answer it
+            self.send(0x8, payload[:2])
+            self.transport.close()
+        elif opcode in (0x0, 0x1, 0x2):
+            self.fragments.append(payload)
+            if not fin:
+                return
+            message, self.fragments = b"".join(self.fragments), []
+            self.frames[0] += 1
+            if not self.ready.done():
+                self.ready.set_result(True)
+            for match in RAW_MARKER.finditer(message):
+                self.mine.setdefault(match.group(0).decode(), now)
+
+    def send(self, opcode, payload=b""):
+        mask = os.urandom(4)  # a client's frames are masked (RFC 6455 5.3)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    async def close(self):
+        if not self.transport.is_closing():
+            self.send(0x8, (1000).to_bytes(2, "big"))
+            self.transport.close()
+
+
+async def clients_main(url, origin, count, compression="deflate", client="raw"):
     """N screens. Prints READY once every one has its snapshot; then, on `wait MARKER
     TIMEOUT`, waits until each has seen MARKER and prints a JSON report of what each saw."""
     from websockets.asyncio.client import connect
@@ -170,16 +278,26 @@ async def clients_main(url, origin, count, compression="deflate"):
             for match in MARKER.finditer(text):
                 mine.setdefault(match.group(0), now)
 
+    async def open_raw(mine, ready):
+        parts = urlsplit(url)
+        _, screen = await loop.create_connection(
+            lambda: RawScreen(parts.netloc, parts.path, origin, mine, frames, ready),
+            parts.hostname, parts.port)
+        return screen
+
     loop = asyncio.get_running_loop()
     readers = []
     for start in range(0, count, 50):
         batch = []
         for i in range(start, min(count, start + 50)):
-            ws = await connect(url, origin=origin, max_size=None, open_timeout=60,
-                               ping_interval=None, compression=compression)
             ready = loop.create_future()
-            sockets.append(ws)
-            readers.append(loop.create_task(reader(ws, seen[i], ready)))
+            if client == "raw":
+                sockets.append(await open_raw(seen[i], ready))
+            else:
+                ws = await connect(url, origin=origin, max_size=None, open_timeout=60,
+                                   ping_interval=None, compression=compression)
+                sockets.append(ws)
+                readers.append(loop.create_task(reader(ws, seen[i], ready)))
             batch.append(ready)
         await asyncio.gather(*batch)
     print("READY", flush=True)
@@ -313,7 +431,6 @@ def measure(server, publisher, clients, round_, pattern, args):
     client_cpu = (clients.cpu_seconds() - client_cpu) / elapsed * 100
     if pattern == "steady":
         latencies = [mine[m] - t for mine in seen for m, t in published.items() if m in mine]
-        lost = count * len(seen) - len(latencies)
     else:
         latencies = [mine[last] - published[last] for mine in seen if last in mine]
         lost = sum(1 for mine in seen if last not in mine)
@@ -365,6 +482,10 @@ def run_config(config, args, folder, redis_url, database_url, round_counter):
         if config != "floor":
             prepare(env)
         for count in args.clients:
+            if args.settle:
+                idle = settle(args.settle)
+                if idle >= 0.25:
+                    print(f"(the rest of the machine used {idle:.2f} cores as this began)")
             port = free_port()
             if config == "floor":
                 server = Process(["floor", "--port", str(port), "--redis", redis_url], env, "floor")
@@ -385,6 +506,7 @@ def run_config(config, args, folder, redis_url, database_url, round_counter):
                 clients = ClientGroup([
                     Process(["clients", "--url", f"ws://127.0.0.1:{port}{path}",
                              "--origin", f"http://127.0.0.1:{port}", "--n", str(share),
+                             "--client", args.client,
                              *(["--no-deflate"] if args.no_deflate else [])],
                             env, f"clients-{i}")
                     for i, share in enumerate(shares) if share])
@@ -432,15 +554,23 @@ def main(argv=None):
     clients.add_argument("--origin", required=True)
     clients.add_argument("--n", type=int, required=True)
     clients.add_argument("--no-deflate", action="store_true")
+    clients.add_argument("--client", choices=("raw", "websockets"), default="raw")
     parser.add_argument("--clients", default="100,500,1000")
     parser.add_argument("--configs", default="production,standalone,floor")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=5)
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--settle", type=float, default=60,
+                        help="before each configuration and N, wait up to this many seconds for "
+                             "the machine to be idle (under a quarter of a core); 0: do not wait")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes the screens are split over (default 2: one per core here)")
     parser.add_argument("--no-deflate", action="store_true",
-                        help="clients do not offer permessage-deflate (browsers do)")
+                        help="websockets clients do not offer permessage-deflate (browsers do)")
+    parser.add_argument("--client", choices=("raw", "websockets"), default="raw",
+                        help="raw (default): frames read off an asyncio Protocol, a few us each; "
+                             "websockets: the library's client (~90 us of Python a frame, counted "
+                             "in every latency); it offers permessage-deflate")
     args = parser.parse_args(argv)
 
     if args.mode == "serve":
@@ -456,7 +586,7 @@ def main(argv=None):
         return publisher_loop(sys.stdin, sys.stdout, floor_redis=args.floor)
     if args.mode == "clients":
         return asyncio.run(clients_main(args.url, args.origin, args.n,
-                                        None if args.no_deflate else "deflate"))
+                                        None if args.no_deflate else "deflate", args.client))
 
     args.clients = [int(n) for n in args.clients.split(",")]
     configs = args.configs.split(",")

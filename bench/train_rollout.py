@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fanout_nodes import _ports, client_key, start_nodes, stop_nodes  # noqa: E402
+from machine import settle  # noqa: E402
 
 from nodes.deploy import (  # noqa: E402
     DeploySteps,
@@ -94,24 +95,6 @@ def parse_args(argv=None):
     if args.nodes < 2 or args.batch_size < 1 or args.repeat < 1:
         parser.error("--nodes >= 2, --batch-size >= 1, --repeat >= 1")
     return args
-
-
-def machine_busy():
-    """CPU seconds every process on the machine has used (all cores), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def settle(limit, threshold=0.25, window=0.5):
-    """Wait (up to `limit` s) until the machine uses < `threshold` cores; returns how busy."""
-    deadline = time.monotonic() + limit
-    while True:
-        busy = machine_busy()
-        time.sleep(window)
-        cores = (machine_busy() - busy) / window
-        if cores < threshold or time.monotonic() >= deadline:
-            return cores
 
 
 class Fleet:

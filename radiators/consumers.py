@@ -25,6 +25,7 @@ import re
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from .frames import DirectSocket
 from .hub import hub_for
 from .kiosk import CLOSE_NOT_FOUND, Refused, socket_viewer
 
@@ -65,9 +66,11 @@ class RadiatorConsumer(AsyncWebsocketConsumer):
     _behind = False
     _closed = False
     _send_task = None
+    _socket = None
 
     async def connect(self):
         await self.accept()
+        self._socket = DirectSocket.under(self.base_send)  # after accept: extensions known
         name = self.scope["url_route"]["kwargs"].get("repository")
         try:
             viewer, repository = await _admit(self.scope, name)
@@ -103,13 +106,16 @@ class RadiatorConsumer(AsyncWebsocketConsumer):
 
     # Called by the hub (in the event loop, never awaited) ---------------------------------
 
-    def offer(self, text):
+    def offer(self, text, frame=None):
         """Send `text` now unless the last send is still waiting on a slow client: then
-        this one is skipped and the client gets a fresh snapshot once it can write."""
+        this one is skipped and the client gets a fresh snapshot once it can write.
+        `frame`: `text` already framed (radiators.frames), written as it is when it can."""
         if self._closed:
             return
         if self._sending:
             self._behind = True
+            return
+        if frame is not None and self._socket is not None and self._socket.write(frame):
             return
         self._sending = True
         self._send_task = run_eagerly(self._send_text(text))

@@ -17,7 +17,7 @@ The hub also re-reads the wall every HEARTBEAT_SECONDS: screens of a quiet wall 
 from it (a "panels" message, perhaps with no panel in it), time-dependent panels move on,
 and a change whose message the layer lost is picked up anyway.
 
-Screens are consumers (radiators.consumers.RadiatorConsumer) with `offer(text)`,
+Screens are consumers (radiators.consumers.RadiatorConsumer) with `offer(text, frame)`,
 `kiosk_token_id` and `close_for(code)`.
 """
 
@@ -32,6 +32,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .events import CHANGED, KIOSK_REVOKED, group_for
+from .frames import text_frame
 from .kiosk import CLOSE_REVOKED
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,9 @@ class Hub:
         return encode("snapshot", self.seq, self.state, self.state.panels, now)
 
     def _broadcast(self, text):
+        frame = text_frame(text)  # once for every screen that can take it as it is
         for screen in list(self.screens):
-            screen.offer(text)
+            screen.offer(text, frame)
 
     # Reading the wall ------------------------------------------------------------------
 

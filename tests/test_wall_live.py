@@ -484,3 +484,29 @@ def test_the_hub_goes_away_with_its_last_screen(demo):
         hub_module._forget(hub_module.hub_for("demo"))
 
     run(scenario)
+
+
+def test_the_socket_stack_reads_the_session_and_passes_the_servers_send_through(demo):
+    """Channels' SessionMiddleware wraps every send (to save sessions on HTTP responses);
+    a wall sends each message to every screen, so the socket stack must not."""
+    from radiators.middleware import SocketAuthMiddlewareStack
+
+    user = UserFactory(username="reader")
+    seen = {}
+
+    async def consumer(scope, receive, send):
+        seen["send"] = send
+        seen["user"] = await database_sync_to_async(lambda: scope["user"].username)()
+
+    async def server_send(message):
+        pass
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    stack = SocketAuthMiddlewareStack(consumer)
+    async_to_sync(stack)({"type": "websocket", "headers": [session_cookie(user)]}, receive,
+                         server_send)
+    assert seen == {"send": server_send, "user": "reader"}
+    async_to_sync(stack)({"type": "websocket", "headers": []}, receive, server_send)
+    assert seen["user"] == ""  # no cookie: the anonymous user
