@@ -431,6 +431,7 @@ def measure(server, publisher, clients, round_, pattern, args):
     client_cpu = (clients.cpu_seconds() - client_cpu) / elapsed * 100
     if pattern == "steady":
         latencies = [mine[m] - t for mine in seen for m, t in published.items() if m in mine]
+        lost = count * len(seen) - len(latencies)
     else:
         latencies = [mine[last] - published[last] for mine in seen if last in mine]
         lost = sum(1 for mine in seen if last not in mine)
