@@ -1,8 +1,9 @@
 """The one place that tells the walls something changed. Called after commit, never before.
 
-A message says only *which* wall changed: each web process's hub (radiators.hub) then
-reads the wall once, whatever the number of screens, and sends what differs. So the
-message is small, and a lost or late one costs nothing the next read does not heal.
+A message says only *which* wall changed, and the kind of change: each web process's hub
+(radiators.hub) then reads the wall once, whatever the number of screens (only the panels
+that kind of change can touch), and sends what differs. So the message is small, and a
+lost or late one costs nothing the next full read (a heartbeat) does not heal.
 """
 
 import asyncio
@@ -36,11 +37,14 @@ def publish(event_id):
     from pipeline.models import Event
 
     try:
-        row = Event.objects.filter(pk=event_id).values("kind", "repository__name").first()
+        row = (Event.objects.filter(pk=event_id)
+               .values("kind", "repository__name", "train_id").first())
         if row is None:
             return
+        # Kind and train: what the hubs need to re-read only the panels it can change.
         send_to_walls(row["repository__name"], {"type": CHANGED, "event": event_id,
-                                                "kind": row["kind"]})
+                                                "kind": row["kind"],
+                                                "train": row["train_id"] is not None})
     except Exception:
         logger.exception("could not publish event %s", event_id)
 
@@ -48,7 +52,8 @@ def publish(event_id):
 def wall_changed(repository_name=None):
     """For changes that record no Event (a wall's layout, say): refresh the walls now."""
     try:
-        send_to_walls(repository_name, {"type": CHANGED, "event": None, "kind": "wall"})
+        send_to_walls(repository_name, {"type": CHANGED, "event": None, "kind": "wall",
+                                        "train": False})
     except Exception:
         logger.exception("could not tell the walls of %s", repository_name or "all repositories")
 

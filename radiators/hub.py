@@ -1,9 +1,10 @@
 """One hub per wall per web process: the wall is read once, whatever the number of screens.
 
 A hub subscribes once to its wall's group on the channel layer. A message there only
-marks the wall dirty: the hub reads `wall_snapshot` (in a thread: the ORM is sync) at most
-once per COALESCE_SECONDS, compares it panel by panel with the last one, encodes the
-changed panels once and writes that same text to every screen. A burst of 200 events is
+marks the wall dirty, with the panels its kind of change can touch (`panels_changed_by`):
+the hub reads those panels (`wall_snapshot`, in a thread: the ORM is sync) at most once
+per COALESCE_SECONDS, compares them with the last ones, encodes the changed panels once
+and writes that same text to every screen (radiators.frames: framed once, too). A burst of 200 events is
 one or two reads, and the last read always follows the last commit (events are published
 after commit), so the final state always arrives.
 
@@ -13,7 +14,7 @@ and counts on from there. A screen that cannot keep up (its writes are still pen
 the next message is due) skips messages and, once it can write again, gets a fresh
 snapshot rather than a backlog.
 
-The hub also re-reads the wall every HEARTBEAT_SECONDS: screens of a quiet wall hear
+The hub also re-reads the whole wall every HEARTBEAT_SECONDS: screens of a quiet wall hear
 from it (a "panels" message, perhaps with no panel in it), time-dependent panels move on,
 and a change whose message the layer lost is picked up anyway.
 
@@ -34,6 +35,7 @@ from django.utils import timezone
 from .events import CHANGED, KIOSK_REVOKED, group_for
 from .frames import text_frame
 from .kiosk import CLOSE_REVOKED
+from .snapshot import panels_changed_by
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +53,16 @@ def heartbeat_seconds():
 
 
 class WallState:
-    """One read of a wall: each panel encoded once, ready to be put into messages."""
+    """One read of a wall: each panel encoded once, ready to be put into messages. A read
+    of some panels keeps the others of `base` (the read before) as they were."""
 
-    def __init__(self, snapshot):
+    def __init__(self, snapshot, base=None):
         self.version = snapshot["version"]
         self.version_json = json.dumps(self.version)
         self.now_json = json.dumps(snapshot["now"])
-        self.panels = {name: json.dumps(data, separators=(",", ":"), sort_keys=True)
-                       for name, data in snapshot["panels"].items()}
+        self.panels = dict(base.panels) if base is not None else {}
+        self.panels.update({name: json.dumps(data, separators=(",", ":"), sort_keys=True)
+                            for name, data in snapshot["panels"].items()})
 
     def changed_since(self, before):
         """{name: encoded panel} of what differs from `before`; a panel gone is null."""
@@ -77,8 +81,9 @@ def encode(kind, seq, state, panels, now_json=None):
             f'"now":{now_json or state.now_json},"panels":{{{body}}}}}')
 
 
-def _read_wall(repository_name, kiosk_ids):
-    """In a reader thread: the wall's state, and which of `kiosk_ids` are revoked now."""
+def _read_wall(repository_name, kiosk_ids, panels=None, base=None):
+    """In a reader thread: the wall's state (only `panels` re-read, the others kept from
+    `base`; None: all of them), and which of `kiosk_ids` are revoked now."""
     from django.db import close_old_connections
 
     from pipeline.models import Repository
@@ -90,8 +95,10 @@ def _read_wall(repository_name, kiosk_ids):
     try:
         repository = None
         if repository_name is not None:
-            repository = Repository.objects.get(name=repository_name)
-        return WallState(wall_snapshot(repository)), revoked_among(kiosk_ids)
+            repository = Repository.objects.select_related("wall_layout").get(
+                name=repository_name)
+        snapshot = wall_snapshot(repository, panels)
+        return WallState(snapshot, base if panels is not None else None), revoked_among(kiosk_ids)
     finally:
         close_old_connections()
 
@@ -107,6 +114,7 @@ class Hub:
         self.ready = loop.create_future()
         self._joining = 0
         self._dirty = asyncio.Event()
+        self._wanted = None  # the panels the next read re-reads; None: all of them
         self._tasks = []
         self._channel = None
         self._layer = None
@@ -166,7 +174,7 @@ class Hub:
                 try:
                     await asyncio.wait_for(self._dirty.wait(), heartbeat_seconds())
                 except TimeoutError:
-                    pass  # a heartbeat: read anyway
+                    self._wanted = None  # a heartbeat: read everything
             self._dirty.clear()
             started = self.loop.time()
             try:
@@ -176,6 +184,7 @@ class Hub:
             except Exception as exc:
                 logger.exception("could not read the wall of %s",
                                  self.repository_name or "all repositories")
+                self._wanted = None  # what this read was for: with everything, next time
                 if first:
                     self.ready.set_exception(exc)
                     _forget(self)
@@ -189,8 +198,12 @@ class Hub:
 
     async def _refresh(self):
         kiosk_ids = {s.kiosk_token_id for s in self.screens if s.kiosk_token_id}
+        # What arrives from now on is for the next read (this one may not see it).
+        panels, self._wanted = self._wanted, set()
+        if self.state is None:
+            panels = None
         state, revoked = await self.loop.run_in_executor(
-            _READER, _read_wall, self.repository_name, kiosk_ids)
+            _READER, _read_wall, self.repository_name, kiosk_ids, panels, self.state)
         self._close_revoked(revoked)
         before, self.state = self.state, state
         if before is None:
@@ -229,14 +242,24 @@ class Hub:
                                  self.repository_name or "all repositories", retry)
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, LAYER_RETRY_SECONDS[1])
-                self._dirty.set()
+                self._want(None)
 
     def _handle(self, message):
         kind = message.get("type")
         if kind == CHANGED:
-            self._dirty.set()
+            # No kind or train flag (an older publisher): every panel.
+            self._want(panels_changed_by(message.get("kind") or "", message.get("train", True)))
         elif kind == KIOSK_REVOKED:
             self._close_revoked({message.get("token")})
+
+
+    def _want(self, panels):
+        """Read `panels` (None: all) at the next read, with whatever else is wanted."""
+        if panels is None or self._wanted is None:
+            self._wanted = None
+        else:
+            self._wanted |= panels
+        self._dirty.set()
 
 
 async def _discard(layer, group, channel):

@@ -510,3 +510,32 @@ def test_the_socket_stack_reads_the_session_and_passes_the_servers_send_through(
     assert seen == {"send": server_send, "user": "reader"}
     async_to_sync(stack)({"type": "websocket", "headers": []}, receive, server_send)
     assert seen["user"] == ""  # no cookie: the anonymous user
+
+
+def test_a_change_re_reads_only_the_panels_its_kind_can_touch(demo):
+    """A build riding no train: the branch tiles and the builds. A lock (or a node, a
+    train, anything else): every panel. The first read is of everything, too."""
+    from radiators import snapshot
+
+    reads = mock.Mock(wraps=snapshot.wall_snapshot)
+
+    def locked():
+        with transaction.atomic():
+            record_event("lock.created", subject=demo, message="staging: hold")
+
+    async def scenario():
+        socket, screen = await connect("/ws/radiators/demo/")
+        try:
+            await database_sync_to_async(request)(demo, "feature/part")
+            message = await screen.next()
+            assert "feature/part" in json.dumps(message["panels"]["builds"])
+            assert reads.call_args.args[1] == {"branches", "builds"}
+            await database_sync_to_async(locked)()
+            await screen.next()
+            assert reads.call_args.args[1] is None
+        finally:
+            await socket.disconnect()
+
+    with mock.patch.object(snapshot, "wall_snapshot", reads):
+        run(scenario)
+    assert reads.call_args_list[0].args[1] is None  # the first read: the whole wall

@@ -524,3 +524,23 @@ def test_a_claim_ends_when_the_branch_is_green_again(shop, alice):
     again = make_build(shop, status="running", minutes_ago=0)
     end_build(again, Build.Status.FAILED, "unit failed")
     assert Claim.objects.filter(released_at=None).count() == 1
+
+
+@pytest.mark.parametrize("panels", [{"branches", "builds"}, {"branches", "builds", "tests"},
+                                    {"train"}, {"environments", "nodes"}, {"layout"}])
+def test_a_read_of_some_panels_gives_them_as_the_whole_wall_does(busy_wall, panels):
+    whole = wall_snapshot(busy_wall)["panels"]
+    assert wall_snapshot(busy_wall, panels)["panels"] == {name: whole[name] for name in panels}
+
+
+def test_only_builds_and_jobs_riding_no_train_re_read_part_of_the_wall():
+    from radiators.snapshot import panels_changed_by
+
+    assert panels_changed_by("build.status", on_train=False) == {"branches", "builds"}
+    assert panels_changed_by("build.requested", on_train=False) == {"branches", "builds"}
+    assert panels_changed_by("job.status", on_train=False) == {"branches", "builds", "tests"}
+    for kind in ("build.status", "job.status"):
+        assert panels_changed_by(kind, on_train=True) is None
+    for kind in ("node.health", "deployment.status", "deploytrain.status", "radiator.claim",
+                 "lock.created", "wall", "repository.added", ""):
+        assert panels_changed_by(kind, on_train=False) is None

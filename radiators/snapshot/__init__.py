@@ -3,12 +3,15 @@ the live socket (which sends it whole on connect, then only the panels that chan
 
 Contract (the socket layer relies on it):
 
-    wall_snapshot(repository=None) -> {
+    wall_snapshot(repository=None, panels=None) -> {
         "repository": name or None (None: the wall of all repositories),
         "version": the server's version (a new one makes open pages reload),
         "now": ISO time it was taken,
         "panels": {panel name: JSON-ready data},   # compared panel by panel
     }
+
+With `panels` (a set of names) only those are read and returned: the live socket re-reads
+what an event can change (`panels_changed_by`), and everything on its heartbeat.
 
 Panels are replaced whole on the screen, so each is small and self-contained:
 
@@ -46,8 +49,8 @@ from ._panels import _builds_panel, _environments_panel, _nodes_panel, _tests_pa
 from ._reads import _jobs, _nodes, _recent_builds, _shown_trains, _trains
 from ._train_strip import _train_panel
 
-__all__ = ["MAX_TILES", "PANELS", "RECENT_WINDOW", "server_version", "wall_layout",
-           "wall_snapshot"]
+__all__ = ["MAX_TILES", "PANELS", "RECENT_WINDOW", "panels_changed_by", "server_version",
+           "wall_layout", "wall_snapshot"]
 
 
 def server_version():
@@ -74,13 +77,18 @@ def _code_digest():
     return digest.hexdigest()[:12]
 
 
-def wall_snapshot(repository=None):
+def wall_snapshot(repository=None, panels=None):
+    """The wall's snapshot; with `panels` (names), only those panels are read and in it."""
+    def wanted(*names):
+        return panels is None or any(name in panels for name in names)
+
     now = timezone.now()
-    builds = _recent_builds(repository)
-    nodes = _nodes(repository)
-    trains = _trains(repository)
-    shown_trains = _shown_trains(trains)
-    branches, wanted_builds = _branch_tiles(repository, builds, nodes, now)
+    builds = _recent_builds(repository) if wanted("branches", "builds") else []
+    nodes = (_nodes(repository) if wanted("branches", "train", "environments", "nodes")
+             else [])
+    trains = _trains(repository) if wanted("train") else []
+    branches, wanted_builds = (_branch_tiles(repository, builds, nodes, now)
+                               if wanted("branches") else ([], set()))
     running = [b for b in builds if b["status"] in Build.ACTIVE][:RUNNING_SHOWN]
     finished = [b for b in builds if b["status"] not in Build.ACTIVE][:FINISHED_SHOWN]
     train_builds = {t[key]: t["id"] for t in trains for key in ("first_build", "last_build")
@@ -89,20 +97,32 @@ def wall_snapshot(repository=None):
     for job in jobs:
         job["train_id"] = train_builds.get(job["build_id"])
     _mark_flaky(branches, jobs)
+    reads = {
+        "layout": lambda: wall_layout(repository),
+        "branches": lambda: _branches_panel(branches),
+        "builds": lambda: _builds_panel(running, finished, jobs),
+        "train": lambda: _train_panel(repository, trains, _shown_trains(trains), jobs, nodes, now),
+        "environments": lambda: _environments_panel(nodes),
+        "tests": lambda: _tests_panel(repository, now),
+        "nodes": lambda: _nodes_panel(nodes),
+    }
     return {
         "repository": repository.name if repository is not None else None,
         "version": server_version(),
         "now": now.isoformat(),
-        "panels": {
-            "layout": wall_layout(repository),
-            "branches": _branches_panel(branches),
-            "builds": _builds_panel(running, finished, jobs),
-            "train": _train_panel(repository, trains, shown_trains, jobs, nodes, now),
-            "environments": _environments_panel(nodes),
-            "tests": _tests_panel(repository, now),
-            "nodes": _nodes_panel(nodes),
-        },
+        "panels": {name: read() for name, read in reads.items() if wanted(name)},
     }
+
+
+def panels_changed_by(kind, on_train):
+    """The panels an event can change, from its kind and whether it concerns a train; None:
+    any of them. A build or job that rides no train changes only the branch tiles and the
+    builds (a job's end also the test health: its results are stored with it); anything
+    else (nodes, deployments, trains, claims, layouts, repositories) re-reads them all."""
+    subject = kind.split(".", 1)[0]
+    if on_train or subject not in ("build", "job"):
+        return None
+    return {"branches", "builds", "tests"} if subject == "job" else {"branches", "builds"}
 
 
 def wall_layout(repository):
