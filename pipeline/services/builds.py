@@ -185,8 +185,7 @@ def _next_stage(build, done, spec):
 
 def _read_spec(build):
     path = build.repository.spec_path
-    git.ensure_commit(build.repository, build.sha)  # this host's mirror may be behind
-    text = git.read_file(build.repository, build.sha, path)
+    text = git.read_file(build.repository, build.sha, path)  # fetched if this host lacks it
     if text is None:
         raise SpecError(f"there is no {path} at {build.sha[:10]}")
     return parse_spec(text)
