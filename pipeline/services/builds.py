@@ -34,18 +34,15 @@ def record_commit(repository, sha):
         return commit
     info = git.commit_info(repository, sha)
     message = info["message"]
-    commit, _ = Commit.objects.get_or_create(
-        repository=repository,
-        sha=sha,
-        defaults={
-            "author_name": info["author_name"][:200],
-            "author_email": info["author_email"][:254],
-            "committed_at": parse_datetime(info["committed_at"]),
-            "message": message,
-            "is_revert": message.startswith("Revert "),
-        },
-    )
-    return commit
+    try:
+        with transaction.atomic():
+            return Commit.objects.create(
+                repository=repository, sha=sha, author_name=info["author_name"][:200],
+                author_email=info["author_email"][:254],
+                committed_at=parse_datetime(info["committed_at"]), message=message,
+                is_revert=message.startswith("Revert "))
+    except IntegrityError:
+        return Commit.objects.get(repository=repository, sha=sha)  # recorded meanwhile
 
 
 def request_build(repository, branch, *, user=None, via="web"):
@@ -163,9 +160,9 @@ def _stage_jobs(build, stage, spec):
 
 
 def _queue_stage(build, stage, spec):
-    jobs = [Job.objects.create(build=build, name=name, stage=stage, command=argv,
-                               junit_path=junit, timeout=timeout)
-            for name, argv, junit, timeout in _stage_jobs(build, stage, spec)]
+    jobs = Job.objects.bulk_create(
+        Job(build=build, name=name, stage=stage, command=argv, junit_path=junit, timeout=timeout)
+        for name, argv, junit, timeout in _stage_jobs(build, stage, spec))
     job_ids = [job.pk for job in jobs]
     transaction.on_commit(lambda: enqueue_jobs(job_ids))
 
