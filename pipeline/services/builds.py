@@ -267,8 +267,15 @@ def _record_candidate(build, outcome):
 
 
 def dispatch_waiting_deploys():
-    """Give the oldest builds waiting for a branch node another try (a node may be free)."""
+    """Give the oldest builds waiting for a branch node another try (a node may be free).
+
+    Only deploys that found no node say so in their message: a deploy queued a moment ago
+    has its own task on the way, and sending it another (every build that ends did) only
+    made a second claim find it taken."""
+    from nodes.services.deploys import WAITING_FOR_NODE
+
     waiting = (Job.objects.filter(stage=Stage.DEPLOY, status=Job.Status.QUEUED,
-                                  build__status=Build.Status.RUNNING)
+                                  build__status=Build.Status.RUNNING,
+                                  message__startswith=WAITING_FOR_NODE)
                .order_by("build_id").values_list("pk", flat=True))
     enqueue_jobs(waiting)
