@@ -136,8 +136,8 @@ def start_build(build_id):
         end_build(build, Build.Status.ERROR, f"Trainyard failed while starting this build: {exc!r}")
         return build
     with transaction.atomic():
-        Build.objects.filter(pk=build.pk).update(spec=spec.to_dict())
         build.spec = spec.to_dict()
+        Build.objects.filter(pk=build.pk).update(spec=build.spec)
         _queue_stage(build, Stage.CHECKS, spec)
     return build
 
@@ -194,12 +194,14 @@ def finish_build_if_done(build_id):
     Safe to call from every job: the unique job name per build lets one caller queue a
     stage, and the status transition lets one caller end the build.
     """
-    build = Build.objects.filter(pk=build_id, status=Build.Status.RUNNING).first()
-    if build is None:
-        return False
-    rows = list(build.jobs.values_list("stage", "status"))
+    # Every job that ends asks; while others still run, this one read is the answer.
+    rows = list(Job.objects.filter(build_id=build_id, build__status=Build.Status.RUNNING)
+                .values_list("stage", "status"))
     statuses = {status for _, status in rows}
     if not statuses or statuses & Job.ACTIVE:
+        return False
+    build = Build.objects.filter(pk=build_id, status=Build.Status.RUNNING).first()
+    if build is None:
         return False
     if build.kind == Build.Kind.TRAIN:
         # A train's build ends with its train, which decides what comes next.
