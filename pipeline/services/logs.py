@@ -78,7 +78,9 @@ class LogWriter:
 
     def _store(self, text):
         if self.seq is None:
-            # After the chunks of an earlier attempt of the job, if any.
-            self.seq = LogChunk.objects.filter(job=self.job).count()
+            # After the chunks of an earlier attempt of the job. A first attempt has none:
+            # only the run that claimed the job writes its log.
+            attempt = getattr(self.job, "attempt", None)
+            self.seq = 0 if attempt == 1 else LogChunk.objects.filter(job=self.job).count()
         LogChunk.objects.create(job=self.job, seq=self.seq, text=text)
         self.seq += 1
