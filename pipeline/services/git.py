@@ -331,9 +331,10 @@ def _in_mirror(repository, sha, read, *, timeout=None):
     return read(ensure_commit(repository, sha, timeout=timeout))
 
 
-# What `git init` writes for a checkout (no template: no hooks, no sample files).
+# What `git init` writes for a checkout (no template: no hooks, no sample files), but no
+# reflog: nobody goes back in a job's throwaway checkout.
 _CHECKOUT_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
-                    "\tlogallrefupdates = true\n")
+                    "\tlogallrefupdates = false\n")
 
 
 def checkout(repository, sha, dest, *, timeout=None):
@@ -352,8 +353,11 @@ def checkout(repository, sha, dest, *, timeout=None):
     if dest.exists() and any(dest.iterdir()):
         raise GitError(f"cannot check out into {dest}: it is not empty")
     dot_git = dest / ".git"
-    for folder in ("objects/info", "refs/heads", "refs/tags"):
-        (dot_git / folder).mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    # What git needs to see a repository (HEAD, objects/, refs/), and nothing more: every
+    # folder and file made here is made again and removed for each job.
+    for folder in (dot_git, dot_git / "objects", dot_git / "objects" / "info", dot_git / "refs"):
+        folder.mkdir()
     (dot_git / "HEAD").write_text("ref: refs/heads/master\n")  # unborn, as after `git init`
     (dot_git / "config").write_text(_CHECKOUT_CONFIG)
     (dot_git / "objects" / "info" / "alternates").write_text(f"{objects_path(repository)}\n")
