@@ -40,13 +40,13 @@ def test_it_waits_for_a_request_in_flight(app_env, capsys):
         assert "1 request(s) still in flight" in capsys.readouterr().out
         client.sendall(b"\r\n")
         assert b"Hello, Ada!" in client.makefile("rb").read()
-    # The server uncounts a connection when it closes it; the check's own previous request
-    # (its client reads by Content-Length) may still be closing on a busy machine. The
-    # rollout asks again until drain_timeout, and so does this test, for a moment.
+    # The server uncounts a connection when it closes it, and the check's own previous
+    # request (its client reads by Content-Length) may still be closing on a busy machine.
+    # The rollout asks again until drain_timeout; so does this test, for a moment.
     deadline = time.monotonic() + 5
-    while control.drain_check() != 0 and time.monotonic() < deadline:
+    while (code := control.drain_check()) != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert control.drain_check() == 0
+    assert code == 0
 
 
 def test_it_has_nothing_to_drain_when_no_server_listens(monkeypatch, tmp_path, capsys):
