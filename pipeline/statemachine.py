@@ -1,7 +1,8 @@
 """The one writer of every status field.
 
 `transition(obj, to)` moves a row from any state allowed to reach `to` with a single
-conditional UPDATE; it returns False when another worker got there first. Each
+conditional UPDATE (after reading the current status under a row lock when more than one
+state may reach `to`); it returns False when another worker got there first. Each
 successful move appends an Event, published to the radiators after commit.
 """
 
@@ -33,15 +34,21 @@ def transition(obj, to, *, actor=None, note="", event_data=None, where=None, **f
     if not sources:
         raise InvalidTransition(f"no {model.__name__} status can move to {to!r}")
     with transaction.atomic():
-        old = (
-            model.objects.select_for_update()
-            .filter(pk=obj.pk, status__in=sources, **(where or {}))
-            .values_list("status", flat=True)
-            .first()
-        )
-        if old is None:
-            return False
-        updated = model.objects.filter(pk=obj.pk, status=old).update(status=to, **fields)
+        if len(sources) == 1:
+            # Only one status can move to `to`: the conditional UPDATE alone is the test, and
+            # its row lock makes a racing mover wait and then find the status changed.
+            old = str(sources[0])
+        else:
+            old = (
+                model.objects.select_for_update()
+                .filter(pk=obj.pk, status__in=sources, **(where or {}))
+                .values_list("status", flat=True)
+                .first()
+            )
+            if old is None:
+                return False
+        updated = (model.objects.filter(pk=obj.pk, status=old, **(where or {}))
+                   .update(status=to, **fields))
         if not updated:
             return False
         obj.status = to

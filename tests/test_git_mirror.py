@@ -253,6 +253,27 @@ def test_it_finds_a_present_commit_with_one_git_process_and_no_fetch(repository,
 
 
 @pytest.mark.django_db
+def test_it_reads_and_checks_out_a_present_commit_with_one_git_process_each(
+        repository, git_repo, monkeypatch, tmp_path):
+    sha = git.resolve_branch(repository, "master")
+    repository.clone_url = "/nonexistent"  # any fetch would fail now
+    calls = []
+    real = git.run_git
+    monkeypatch.setattr(git, "run_git", lambda args, **kw: calls.append(args) or real(args, **kw))
+
+    assert git.read_file(repository, sha, "trainyard.yml") == FAST_SPEC.encode()
+    assert git.commit_info(repository, sha)["message"] == "Initial commit"
+    dest = git.checkout(repository, sha, tmp_path / "checkout")
+    assert [args[0] for args in calls] == ["cat-file", "log", "checkout"]
+    assert run("git", "rev-parse", "HEAD", cwd=dest) == sha
+    assert run("git", "status", "--porcelain", cwd=dest) == ""
+
+    calls.clear()
+    assert git.read_file(repository, sha, "no-such-file") is None  # asked: the commit is there
+    assert [args[0] for args in calls] == ["cat-file", "cat-file"]
+
+
+@pytest.mark.django_db
 def test_it_names_the_commit_a_fetch_could_not_bring(repository, git_repo):
     gone = "0123456789abcdef0123456789abcdef01234567"
     with pytest.raises(git.GitError, match=f"commit {gone} is not in app"):

@@ -62,11 +62,14 @@ wait_gone() {
 }
 holder() {
   proc "$1" || return 0
-  printf 'holder %s %s %s\n' "$1" "$sid" "$(tr '\0\n' '  ' < "/proc/$1/cmdline" 2>/dev/null)"
+  # tr writes straight after printf: no subshell to capture it.
+  printf 'holder %s %s ' "$1" "$sid"
+  tr '\0\n' '  ' < "/proc/$1/cmdline" 2>/dev/null
+  echo
 }
 # The processes of `ls -l` listings (from stdin) holding one of $inodes, once each.
 socket_pids() {
-  awk -v inodes=" $(echo $inodes) " '
+  awk -v inodes="$inodes" '
     /^\/proc\/[0-9]+\/fd:$/ { p = $0; sub(/^\/proc\//, "", p); sub(/\/fd:$/, "", p); next }
     / -> socket:\[[0-9]+\]$/ {
       s = $NF; gsub(/[^0-9]/, "", s)
@@ -75,22 +78,24 @@ socket_pids() {
 }
 # `holders PORT [APP_PID]`: who listens on PORT.
 holders() {
-  hex=$(printf '%04X' "$1")
-  [ -r /proc/net/tcp ] || [ -r /proc/net/tcp6 ] || { echo "port unknown"; return 0; }
+  tables=
+  for table in /proc/net/tcp /proc/net/tcp6; do [ -r "$table" ] && tables="$tables $table"; done
+  [ -n "$tables" ] || { echo "port unknown"; return 0; }
   # awk, not sh's `read` (a system call per byte): a busy host lists hundreds of sockets.
-  # Listening (state 0A) on the port -> the socket's inode (field 10).
-  inodes=$(cat /proc/net/tcp /proc/net/tcp6 2> /dev/null |
-    awk -v port=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == port { print $10 }')
-  [ -n "$inodes" ] || { echo "port free"; return 0; }
+  # Listening (state 0A) on the port -> the socket's inode (field 10), as " i1 i2 ".
+  inodes=$(awk -v port="$1" 'BEGIN { want = sprintf(":%04X", port) }
+    $4 == "0A" && substr($2, length($2) - 4) == want { printf " %s", $10 }
+    END { printf " " }' $tables)
+  [ "$inodes" != " " ] || { echo "port free"; return 0; }
   echo "port held"
-  if [ -n "$2" ]; then
-    # Usually the app Trainyard started holds every listener: its own descriptors say so
-    # without listing every process's on the node (thousands on a busy one).
-    found=$(LC_ALL=C ls -l "/proc/$2/fd" 2>/dev/null | awk -v inodes=" $(echo $inodes) " '
+  # Usually the app Trainyard started holds every listener: its own descriptors say so
+  # without listing every process's on the node (thousands on a busy one).
+  if [ -n "$2" ] && LC_ALL=C ls -l "/proc/$2/fd" 2>/dev/null | awk -v inodes="$inodes" '
       / -> socket:\[[0-9]+\]$/ { s = $NF; gsub(/[^0-9]/, "", s)
                                   if (index(inodes, " " s " ")) n[s] = 1 }
-      END { c = 0; for (k in n) c++; print c }')
-    if [ "$found" -eq $(echo $inodes | wc -w) ]; then holder "$2"; return 0; fi
+      END { c = 0; for (k in n) c++; exit !(c == split(inodes, all, " ")) }'; then
+    holder "$2"
+    return 0
   fi
   LC_ALL=C QUOTING_STYLE=literal ls -l /proc/[0-9]*/fd 2>/dev/null | socket_pids |
     while read -r p; do holder "$p"; done
@@ -105,7 +110,7 @@ start)
   if ! command -v setsid > /dev/null 2>&1; then
     echo "setsid is not installed on the node (util-linux or busybox has it)"; exit 127
   fi
-  mkdir -p -- "$state_dir" || exit 1
+  [ -d "$state_dir" ] || mkdir -p -- "$state_dir" || exit 1
   port=$1
   shift
   if [ "$port" != - ]; then

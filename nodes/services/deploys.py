@@ -49,7 +49,7 @@ def run_deploy_job(job):
     build = job.build
     log = LogWriter(job)
     try:
-        with Heartbeat(job.pk):
+        with Heartbeat(job.pk, claimed=True):
             deployment = deploy_build(build, node, build.spec["deploy"], log=log.write,
                                       on_tick=log.tick)
     except Exception as exc:

@@ -34,18 +34,15 @@ def record_commit(repository, sha):
         return commit
     info = git.commit_info(repository, sha)
     message = info["message"]
-    commit, _ = Commit.objects.get_or_create(
-        repository=repository,
-        sha=sha,
-        defaults={
-            "author_name": info["author_name"][:200],
-            "author_email": info["author_email"][:254],
-            "committed_at": parse_datetime(info["committed_at"]),
-            "message": message,
-            "is_revert": message.startswith("Revert "),
-        },
-    )
-    return commit
+    try:
+        with transaction.atomic():
+            return Commit.objects.create(
+                repository=repository, sha=sha, author_name=info["author_name"][:200],
+                author_email=info["author_email"][:254],
+                committed_at=parse_datetime(info["committed_at"]), message=message,
+                is_revert=message.startswith("Revert "))
+    except IntegrityError:
+        return Commit.objects.get(repository=repository, sha=sha)  # recorded meanwhile
 
 
 def request_build(repository, branch, *, user=None, via="web"):
@@ -139,8 +136,8 @@ def start_build(build_id):
         end_build(build, Build.Status.ERROR, f"Trainyard failed while starting this build: {exc!r}")
         return build
     with transaction.atomic():
-        Build.objects.filter(pk=build.pk).update(spec=spec.to_dict())
         build.spec = spec.to_dict()
+        Build.objects.filter(pk=build.pk).update(spec=build.spec)
         _queue_stage(build, Stage.CHECKS, spec)
     return build
 
@@ -163,9 +160,9 @@ def _stage_jobs(build, stage, spec):
 
 
 def _queue_stage(build, stage, spec):
-    jobs = [Job.objects.create(build=build, name=name, stage=stage, command=argv,
-                               junit_path=junit, timeout=timeout)
-            for name, argv, junit, timeout in _stage_jobs(build, stage, spec)]
+    jobs = Job.objects.bulk_create(
+        Job(build=build, name=name, stage=stage, command=argv, junit_path=junit, timeout=timeout)
+        for name, argv, junit, timeout in _stage_jobs(build, stage, spec))
     job_ids = [job.pk for job in jobs]
     transaction.on_commit(lambda: enqueue_jobs(job_ids))
 
@@ -185,8 +182,7 @@ def _next_stage(build, done, spec):
 
 def _read_spec(build):
     path = build.repository.spec_path
-    git.ensure_commit(build.repository, build.sha)  # this host's mirror may be behind
-    text = git.read_file(build.repository, build.sha, path)
+    text = git.read_file(build.repository, build.sha, path)  # fetched if this host lacks it
     if text is None:
         raise SpecError(f"there is no {path} at {build.sha[:10]}")
     return parse_spec(text)
@@ -198,12 +194,14 @@ def finish_build_if_done(build_id):
     Safe to call from every job: the unique job name per build lets one caller queue a
     stage, and the status transition lets one caller end the build.
     """
-    build = Build.objects.filter(pk=build_id, status=Build.Status.RUNNING).first()
-    if build is None:
-        return False
-    rows = list(build.jobs.values_list("stage", "status"))
+    # Every job that ends asks; while others still run, this one read is the answer.
+    rows = list(Job.objects.filter(build_id=build_id, build__status=Build.Status.RUNNING)
+                .values_list("stage", "status"))
     statuses = {status for _, status in rows}
     if not statuses or statuses & Job.ACTIVE:
+        return False
+    build = Build.objects.filter(pk=build_id, status=Build.Status.RUNNING).first()
+    if build is None:
         return False
     if build.kind == Build.Kind.TRAIN:
         # A train's build ends with its train, which decides what comes next.
@@ -271,8 +269,15 @@ def _record_candidate(build, outcome):
 
 
 def dispatch_waiting_deploys():
-    """Give the oldest builds waiting for a branch node another try (a node may be free)."""
+    """Give the oldest builds waiting for a branch node another try (a node may be free).
+
+    Only deploys that found no node say so in their message: a deploy queued a moment ago
+    has its own task on the way, and sending it another (every build that ends did) only
+    made a second claim find it taken."""
+    from nodes.services.deploys import WAITING_FOR_NODE
+
     waiting = (Job.objects.filter(stage=Stage.DEPLOY, status=Job.Status.QUEUED,
-                                  build__status=Build.Status.RUNNING)
+                                  build__status=Build.Status.RUNNING,
+                                  message__startswith=WAITING_FOR_NODE)
                .order_by("build_id").values_list("pk", flat=True))
     enqueue_jobs(waiting)

@@ -300,18 +300,41 @@ def resolve_branch(repository, branch, *, timeout=None):
 def read_file(repository, sha, relpath, *, timeout=None):
     """The bytes of `relpath` at `sha`, or None when the file is not there. Fetches this
     host's mirror first if it lacks `sha` (see ensure_commit)."""
-    path = ensure_commit(repository, sha, timeout=timeout)
-    proc = run_git(["cat-file", "blob", f"{sha}:{relpath}"], cwd=path, check=False)
+    argv = ["cat-file", "blob", f"{validate_sha(sha)}:{relpath}"]
+    proc = _in_mirror(repository, sha, lambda path: run_git(argv, cwd=path, check=False),
+                      timeout=timeout)
     return proc.stdout if proc.returncode == 0 else None
 
 
 def commit_info(repository, sha, *, timeout=None):
     """Author, date and message of `sha` (fetched first if this host lacks it)."""
-    path = ensure_commit(repository, sha, timeout=timeout)
-    proc = run_git(["log", "-1", "--format=%an%x00%ae%x00%cI%x00%B", sha, "--"], cwd=path)
+    argv = ["log", "-1", "--format=%an%x00%ae%x00%cI%x00%B", validate_sha(sha), "--"]
+    proc = _in_mirror(repository, sha, lambda path: run_git(argv, cwd=path, check=False),
+                      timeout=timeout)
+    if proc.returncode != 0:
+        raise GitError(f"git log failed: {proc.stderr.decode('utf-8', 'replace').strip()}")
     name, email, date, message = proc.stdout.decode("utf-8", "replace").split("\x00", 3)
     return {"author_name": name, "author_email": email, "committed_at": date,
             "message": message.strip()}
+
+
+def _in_mirror(repository, sha, read, *, timeout=None):
+    """`read(mirror path)`'s CompletedProcess, read first from the mirror as it is: the SHA
+    is nearly always there already, and asking git whether it is would be one more process
+    every time. Only a failed read asks, and if the SHA is missing, fetches it (see
+    ensure_commit) and reads again; if it was there, the failure is the answer."""
+    path = mirror_path(repository)
+    if (path / "HEAD").exists():
+        proc = read(path)
+        if proc.returncode == 0 or _has_commit(path, sha, timeout):
+            return proc
+    return read(ensure_commit(repository, sha, timeout=timeout))
+
+
+# What `git init` writes for a checkout (no template: no hooks, no sample files), but no
+# reflog: nobody goes back in a job's throwaway checkout.
+_CHECKOUT_CONFIG = ("[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+                    "\tlogallrefupdates = false\n")
 
 
 def checkout(repository, sha, dest, *, timeout=None):
@@ -321,17 +344,30 @@ def checkout(repository, sha, dest, *, timeout=None):
     repository whose alternates file points into objects_path() and nothing else: no
     config, no refs and no upload-pack run of the mirror's (which `clone --shared` would
     bring), and no copy of its objects. HEAD is detached at `sha`; there are no branches.
+    One git process: the empty repository is written here, not by `git init` (which
+    cost as much CPU as the checkout itself), and the mirror is asked for `sha` only
+    when the checkout fails.
     """
-    ensure_commit(repository, sha, timeout=timeout)
+    validate_sha(sha)
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise GitError(f"cannot check out into {dest}: it is not empty")
-    run_git(["init", "--quiet", "--template=", "--", str(dest)])
-    info = dest / ".git" / "objects" / "info"
-    info.mkdir(parents=True, exist_ok=True)
-    (info / "alternates").write_text(f"{objects_path(repository)}\n")
-    run_git(["checkout", "--quiet", "--detach", sha], cwd=dest,
-            options=["-c", "advice.detachedHead=false"])
+    dot_git = dest / ".git"
+    dest.mkdir(parents=True, exist_ok=True)
+    # What git needs to see a repository (HEAD, objects/, refs/), and nothing more: every
+    # folder and file made here is made again and removed for each job.
+    for folder in (dot_git, dot_git / "objects", dot_git / "objects" / "info", dot_git / "refs"):
+        folder.mkdir()
+    (dot_git / "HEAD").write_text("ref: refs/heads/master\n")  # unborn, as after `git init`
+    (dot_git / "config").write_text(_CHECKOUT_CONFIG)
+    (dot_git / "objects" / "info" / "alternates").write_text(f"{objects_path(repository)}\n")
+    argv = ["checkout", "--quiet", "--detach", sha]
+    options = ["-c", "advice.detachedHead=false"]
+    proc = _in_mirror(repository, sha, lambda _: run_git(argv, cwd=dest, options=options, check=False),
+                      timeout=timeout)
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip() or proc.returncode
+        raise GitError(redact(f"git checkout failed: {message}"))
     return dest
 
 

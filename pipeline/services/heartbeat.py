@@ -18,10 +18,12 @@ def interval():
 
 class Heartbeat:
     """`with Heartbeat(job_id):` updates Job.heartbeat_at now and every interval() seconds
-    until the block ends. The beat uses its own database connection (its own thread)."""
+    until the block ends. The beat uses its own database connection (its own thread).
+    `claimed=True`: the claim that just moved the job to running set heartbeat_at in the
+    same update, so the first beat is the one after an interval."""
 
-    def __init__(self, job_id):
-        self.job_id = job_id
+    def __init__(self, job_id, *, claimed=False):
+        self.job_id, self.claimed = job_id, claimed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -44,7 +46,8 @@ class Heartbeat:
             connection.close()
 
     def __enter__(self):
-        self.beat()
+        if not self.claimed:
+            self.beat()
         self._thread.start()
         return self
 

@@ -66,7 +66,7 @@ def run_job(job_id):
         extra = {"TARGET_URL": job.target_url, "TARGET_ENVIRONMENT": job.environment}
     workspace = JobWorkspace.for_job(job)
     try:
-        with Heartbeat(job.pk):
+        with Heartbeat(job.pk, claimed=True):
             _guarded(job, _run_command_job, workspace, extra)
         finish_build_if_done(job.build_id)
         dispatch_waiting_jobs(job.build.repository_id)
@@ -110,23 +110,26 @@ def claim_job(job):
 def dispatch_waiting_jobs(repository_id):
     """Queue again the oldest jobs that waited for a free slot in this repository."""
     limit = settings.TRAINYARD["JOBS_PER_REPOSITORY"]
+    waiting = (Job.objects.filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
+                                  build__status=Build.Status.RUNNING,
+                                  message__startswith=WAITING_PREFIX)
+               .exclude(stage__in=NODE_STAGES))
+    # Every job that ends calls this, and usually nothing waits: one read says so.
+    if not waiting.exists():
+        return 0
     running = (Job.objects.filter(status=Job.Status.RUNNING, build__repository_id=repository_id)
                .exclude(stage__in=NODE_STAGES).count())
     if running >= limit:
         return 0
-    # Every job that ends calls this: the waiting message is taken off in the same
-    # transaction as the pick (rows another dispatcher holds are skipped), so each waiting
-    # job is sent once, not by every dispatcher that saw it. A refused claim puts it back.
+    # The waiting message is taken off in the same transaction as the pick (rows another
+    # dispatcher holds are skipped), so each waiting job is sent once, not by every
+    # dispatcher that saw it. A refused claim puts it back.
     with transaction.atomic():
-        waiting = list(Job.objects.select_for_update(skip_locked=True, of=("self",))
-                       .filter(status=Job.Status.QUEUED, build__repository_id=repository_id,
-                               build__status=Build.Status.RUNNING,
-                               message__startswith=WAITING_PREFIX)
-                       .exclude(stage__in=NODE_STAGES).order_by("build_id", "id")
-                       .values_list("pk", flat=True)[: limit - running])
-        Job.objects.filter(pk__in=waiting).update(message="")
-    enqueue_jobs(waiting)
-    return len(waiting)
+        picked = list(waiting.select_for_update(skip_locked=True, of=("self",))
+                      .order_by("build_id", "id").values_list("pk", flat=True)[: limit - running])
+        Job.objects.filter(pk__in=picked).update(message="")
+    enqueue_jobs(picked)
+    return len(picked)
 
 
 def _guarded(job, work, *args):

@@ -29,6 +29,10 @@ def once_more_on_a_new_connection(work):
 class LogWriter:
     """Buffers output and stores it in ordered chunks a few times a second.
 
+    Text is stored at most FLUSH_SECONDS after it was written (on a write or a tick), so
+    what a burst writes within that time (a check's preamble, its few lines of output and
+    its result) becomes one chunk, not one per write.
+
     Secrets are replaced by `***`. A secret may arrive split across two writes, so the last
     (longest secret - 1) characters stay buffered until more output or the final flush.
     """
@@ -37,17 +41,21 @@ class LogWriter:
         self.job = job
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.hold = max((len(s) for s in self.secrets), default=1) - 1
-        self.seq = LogChunk.objects.filter(job=job).count()
+        self.seq = None  # counted at the first store: a writer that stores nothing asks nothing
         self.buffer = ""
-        self.flushed_at = time.monotonic()
+        self.since = None  # when the oldest text in the buffer was written
 
     def write(self, text):
+        if not text:
+            return
+        if self.since is None:
+            self.since = time.monotonic()
         self.buffer += text
-        if len(self.buffer) >= FLUSH_BYTES or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+        if len(self.buffer) >= FLUSH_BYTES or time.monotonic() - self.since >= FLUSH_SECONDS:
             self.flush(final=False)
 
     def tick(self):
-        if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+        if self.since is not None and time.monotonic() - self.since >= FLUSH_SECONDS:
             self.flush(final=False)
 
     def mask(self, text):
@@ -56,7 +64,6 @@ class LogWriter:
         return text
 
     def flush(self, final=True):
-        self.flushed_at = time.monotonic()
         masked = self.mask(self.buffer)
         if final or not self.hold:
             ready, self.buffer = masked, ""
@@ -64,8 +71,16 @@ class LogWriter:
             # Keep a tail that could be the start of a secret; the rest is safe to store.
             cut = max(0, len(masked) - self.hold)
             ready, self.buffer = masked[:cut], masked[cut:]
+        self.since = time.monotonic() if self.buffer else None
         if not ready:
             return
-        once_more_on_a_new_connection(
-            lambda: LogChunk.objects.create(job=self.job, seq=self.seq, text=ready))
+        once_more_on_a_new_connection(lambda: self._store(ready))
+
+    def _store(self, text):
+        if self.seq is None:
+            # After the chunks of an earlier attempt of the job. A first attempt has none:
+            # only the run that claimed the job writes its log.
+            attempt = getattr(self.job, "attempt", None)
+            self.seq = 0 if attempt == 1 else LogChunk.objects.filter(job=self.job).count()
+        LogChunk.objects.create(job=self.job, seq=self.seq, text=text)
         self.seq += 1

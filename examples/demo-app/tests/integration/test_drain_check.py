@@ -2,6 +2,7 @@
 drain flag and has no other request in flight."""
 
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -39,7 +40,13 @@ def test_it_waits_for_a_request_in_flight(app_env, capsys):
         assert "1 request(s) still in flight" in capsys.readouterr().out
         client.sendall(b"\r\n")
         assert b"Hello, Ada!" in client.makefile("rb").read()
-    assert control.drain_check() == 0
+    # The server uncounts a connection when it closes it, and the check's own previous
+    # request (its client reads by Content-Length) may still be closing on a busy machine.
+    # The rollout asks again until drain_timeout; so does this test, for a moment.
+    deadline = time.monotonic() + 5
+    while (code := control.drain_check()) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert code == 0
 
 
 def test_it_has_nothing_to_drain_when_no_server_listens(monkeypatch, tmp_path, capsys):
