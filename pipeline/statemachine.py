@@ -39,8 +39,11 @@ def transition(obj, to, *, actor=None, note="", event_data=None, where=None, **f
             # its row lock makes a racing mover wait and then find the status changed.
             old = str(sources[0])
         else:
+            # NO KEY: a status is not a key, so rows referencing this one (events, jobs, log
+            # chunks) can still be inserted meanwhile; FOR UPDATE made those wait, and a
+            # worker holding one of them deadlocked with this mover (tests/test_row_locks.py).
             old = (
-                model.objects.select_for_update()
+                model.objects.select_for_update(no_key=True)
                 .filter(pk=obj.pk, status__in=sources, **(where or {}))
                 .values_list("status", flat=True)
                 .first()

@@ -165,7 +165,7 @@ def recover_interrupted_deploy(job, reason):
         # A production rollout drains each node it deploys: put back the ones it left.
         Node.objects.filter(pk__in=touched, environment=Node.Environment.PRODUCTION,
                             draining=True).update(draining=False)
-        for node in Node.objects.select_for_update().filter(held_by=job.build_id):
+        for node in Node.objects.select_for_update(no_key=True).filter(held_by=job.build_id):
             Node.objects.filter(pk=node.pk).update(held_by=None)
             record_event("node.released", subject=node, data={"build": job.build_id},
                          message=f"{node.name} is free again: the deploy of build "

@@ -24,7 +24,7 @@ PROBE_TIMEOUT = 10
 def record_health(node, health, message="", latency_ms=None):
     """Store a check's result; an Event only when health changes."""
     with transaction.atomic():
-        old = (Node.objects.select_for_update().filter(pk=node.pk)
+        old = (Node.objects.select_for_update(no_key=True).filter(pk=node.pk)
                .values_list("health", flat=True).first())
         Node.objects.filter(pk=node.pk).update(
             health=health, health_message=message[:500], health_latency_ms=latency_ms,

@@ -82,7 +82,7 @@ def claim_job(job):
     job of that repository ends. Claims of one repository are serialised on its row."""
     limits = settings.TRAINYARD
     with transaction.atomic():
-        list(Repository.objects.select_for_update().filter(pk=job.build.repository_id)
+        list(Repository.objects.select_for_update(no_key=True).filter(pk=job.build.repository_id)
              .values_list("pk", flat=True))
         if not Build.objects.filter(pk=job.build_id, status=Build.Status.RUNNING).exists():
             return transition(job, Job.Status.CANCELLED, finished_at=timezone.now(),

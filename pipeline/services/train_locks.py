@@ -72,7 +72,7 @@ def unlock(repository, user, *, environment="", via="web"):
     from pipeline.services.trains import advance_active_of
 
     with transaction.atomic():
-        current = (Lock.objects.select_for_update()
+        current = (Lock.objects.select_for_update(no_key=True)
                    .filter(repository=repository, environment=environment, released_at=None)
                    .first())
         if current is None:

@@ -36,7 +36,7 @@ def answer(train, user, verdict, reason="", *, via="web"):
     for attempt in range(2):
         try:
             with transaction.atomic():
-                locked = DeployTrain.objects.select_for_update().get(pk=train.pk)
+                locked = DeployTrain.objects.select_for_update(no_key=True).get(pk=train.pk)
                 if locked.status not in (T.SCHEDULED, T.DEPLOYING_LOWER, T.TESTING,
                                          T.AWAITING_APPROVAL):
                     raise TrainError(f"train #{train.pk} is {locked.get_status_display()}: "
@@ -68,7 +68,7 @@ def force(train, user, reason, *, override_veto=False, override_lock=False, via=
     if not reason:
         raise TrainError("forcing a train needs a reason: !force <reason>")
     with transaction.atomic():
-        locked = DeployTrain.objects.select_for_update().select_related("repository").get(
+        locked = DeployTrain.objects.select_for_update(no_key=True).select_related("repository").get(
             pk=train.pk)
         if locked.status == T.VETOED:
             veto = locked.approvals.filter(verdict=Approval.Verdict.BAD).select_related(
@@ -122,7 +122,7 @@ def _reopen_for_production(train, user, via):
 def cancel(train, user, reason):
     """Stop an active train before production (a release manager)."""
     with transaction.atomic():
-        locked = DeployTrain.objects.select_for_update().get(pk=train.pk)
+        locked = DeployTrain.objects.select_for_update(no_key=True).get(pk=train.pk)
         if locked.status == T.DEPLOYING_PRODUCTION:
             raise TrainError(f"train #{locked.pk} is deploying to production: it cannot be "
                              "cancelled half way")

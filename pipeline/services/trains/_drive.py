@@ -46,7 +46,7 @@ def advance_active_of(repository):
 def advance(train_id):
     """Take the train's next step, if it has one now. Returns the train (or None)."""
     with transaction.atomic():
-        train = (DeployTrain.objects.select_for_update().select_related("repository")
+        train = (DeployTrain.objects.select_for_update(no_key=True).select_related("repository")
                  .filter(pk=train_id).first())
         if train is None or train.status not in DeployTrain.ACTIVE:
             return train

@@ -50,7 +50,7 @@ def start_train(repository, *, user=None, via="cli", override_lock=False, slot="
     try:
         with transaction.atomic():
             # Starts of one repository take turns: the active-train check below holds.
-            Repository.objects.select_for_update().filter(pk=repository.pk).exists()
+            Repository.objects.select_for_update(no_key=True).filter(pk=repository.pk).exists()
             if active := DeployTrain.objects.active().filter(repository=repository).first():
                 raise TrainError(f"train #{active.pk} is {active.get_status_display()}: one "
                                  "train at a time")
@@ -85,7 +85,7 @@ def start_rollback(repository, user, reason, *, via="web"):
     if not (reason or "").strip():
         raise TrainError("a rollback needs a reason")
     with transaction.atomic():
-        Repository.objects.select_for_update().filter(pk=repository.pk).exists()
+        Repository.objects.select_for_update(no_key=True).filter(pk=repository.pk).exists()
         last = (DeployTrain.objects.filter(repository=repository, status=T.DEPLOYED)
                 .order_by("-finished_at", "-id").first())
         if last is None or not last.base_sha:
