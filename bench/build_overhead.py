@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fanout_trainyard import Database, git  # noqa: E402
+from machine import machine_busy, settle  # noqa: E402
 
 GOAL_OVERHEAD = 0.5  # s, one build, with the sandbox, per-job checkouts and a warm cache
 GOAL_RATIO = 1.3  # 20 builds at once vs the bare script's same work
@@ -87,35 +88,18 @@ def parse_args(argv=None):
 
 # Measuring (as bench/deploy_fanout.py) -------------------------------------------------------
 
-def _machine_busy():
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def settle(limit, threshold=0.25, window=0.5):
-    """Wait (up to `limit` s) until the rest of the machine uses < `threshold` cores."""
-    deadline = time.monotonic() + limit
-    while True:
-        busy = _machine_busy()
-        time.sleep(window)
-        cores = (_machine_busy() - busy) / window
-        if cores < threshold or time.monotonic() >= deadline:
-            return cores
-
-
 class Sample:
     def __init__(self, side, count, busy_before):
         self.side, self.count, self.busy_before = side, count, busy_before
         self.load = os.getloadavg()[0]
         self.stages, self.jobs = {}, {}
-        self._machine = _machine_busy()
+        self._machine = machine_busy()
 
     def stop(self, wall):
         self.wall = wall
         # All of the machine's CPU: a process cannot count its sandboxed commands' own (bwrap's
         # pid namespace reaps them), so this includes whatever else ran meanwhile.
-        self.cpu = _machine_busy() - self._machine
+        self.cpu = machine_busy() - self._machine
         return self
 
 
