@@ -8,6 +8,7 @@ from pipeline.models import Approval, DeployTrain, Event, Job, TrainCommit
 from pipeline.services import trains
 from pipeline.services.trains import TrainError
 from tests.factories import UserFactory
+from tests.helpers import wait_until
 from tests.trainworld import (
     ALICE,
     BOB,
@@ -169,8 +170,6 @@ def test_a_locked_environment_holds_the_train_until_unlocked(world, people):
     with pytest.raises(TrainError, match="already staging locked by rm"):
         trains.lock(world.repository, manager, "again", environment="staging")
     train = trains.start_train(world.repository)
-    from tests.helpers import wait_until
-
     wait_until(lambda: DeployTrain.objects.get(pk=train.pk).message.startswith("waiting at"),
                message="the train to wait at staging")
     train.refresh_from_db()
@@ -240,6 +239,8 @@ def test_authors_who_have_not_answered_are_reminded_once_per_wait(world, people,
     world.green()
     train = trains.start_train(world.repository)
     wait_for_train(train, T.AWAITING_APPROVAL)
+    # The worker e-mails after its transaction commits: the status can be seen first.
+    wait_until(lambda: len(mailoutbox) >= 2, message="the two approval e-mails")
     assert sorted(m.to[0] for m in mailoutbox) == ["alice@example.com", "bob@example.com"]
     trains.answer(train, alice, "good")
     assert trains.remind_authors() == 0  # not due yet
@@ -346,8 +347,6 @@ def test_force_passes_a_production_lock_only_with_override_lock(world, people):
     trains.lock(world.repository, manager, "black friday", environment="production")
     train = trains.start_train(world.repository)
     trains.force(train, manager, "hotfix")
-    from tests.helpers import wait_until
-
     wait_until(lambda: DeployTrain.objects.get(pk=train.pk).message.startswith(
         "waiting at production"), message="the train to wait at production")
     train.refresh_from_db()
@@ -384,8 +383,6 @@ def test_approval_requests_reach_a_slack_compatible_webhook(world, people, setti
         world.green()
         train = trains.start_train(world.repository)
         wait_for_train(train, T.AWAITING_APPROVAL)
-        from tests.helpers import wait_until
-
         wait_until(lambda: posts, message="the webhook to be called")
     finally:
         server.shutdown()
