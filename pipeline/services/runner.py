@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import posixpath
-import shutil
 import threading
 import time
 from contextlib import ExitStack, contextmanager
@@ -21,7 +20,7 @@ from django.conf import settings
 from nodes.transports import LocalTransport, TransportError
 from pipeline import sandbox
 from pipeline.models import Variable
-from pipeline.services import cache, git
+from pipeline.services import cache, git, trash
 
 DISK_CHECK_SECONDS = 2.0
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -51,7 +50,8 @@ class JobWorkspace:
         git.checkout(repository, sha, self.src)
 
     def remove(self):
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Free the job's path at once; the files go later (see pipeline.services.trash)."""
+        trash.discard(self.root)
 
     def size(self):
         total = 0
