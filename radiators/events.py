@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 
 from channels.layers import get_channel_layer
 
@@ -28,25 +29,39 @@ def group_for(repository_name):
     return ALL_GROUP if repository_name is None else f"radiator.{repository_name}"
 
 
-def publish(event_id):
+def publish(event_id, *, kind, repository_id, on_train):
     """Tell the walls of an Event's repository, and the all-repositories wall, to refresh.
 
-    A wall that misses a message catches up on its next heartbeat, so a failure here is
-    logged, never raised into the code that committed the change.
+    The kind and whether it concerns a train come with the message: the hubs re-read only
+    the panels such a change can touch. A wall that misses a message catches up on its
+    next heartbeat, so a failure here is logged, never raised into the code that
+    committed the change.
     """
-    from pipeline.models import Event
-
     try:
-        row = (Event.objects.filter(pk=event_id)
-               .values("kind", "repository__name", "train_id").first())
-        if row is None:
-            return
-        # Kind and train: what the hubs need to re-read only the panels it can change.
-        send_to_walls(row["repository__name"], {"type": CHANGED, "event": event_id,
-                                                "kind": row["kind"],
-                                                "train": row["train_id"] is not None})
+        send_to_walls(repository_name(repository_id),
+                      {"type": CHANGED, "event": event_id, "kind": kind, "train": on_train})
     except Exception:
         logger.exception("could not publish event %s", event_id)
+
+
+NAME_SECONDS = 60.0
+_names = {}  # repository id -> (name, when read)
+
+
+def repository_name(repository_id):
+    """The name of a repository (its walls' group), remembered for NAME_SECONDS: a build
+    publishes dozens of events, and a renamed repository's walls heal on their heartbeat
+    meanwhile. None for no repository (the all-repositories wall only)."""
+    from pipeline.models import Repository
+
+    if repository_id is None:
+        return None
+    now = time.monotonic()
+    name, read_at = _names.get(repository_id, (None, 0.0))
+    if name is None or now - read_at > NAME_SECONDS:
+        name = Repository.objects.filter(pk=repository_id).values_list("name", flat=True).first()
+        _names[repository_id] = (name, now)
+    return name
 
 
 def wall_changed(repository_name=None):

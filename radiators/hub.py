@@ -56,7 +56,8 @@ class WallState:
     """One read of a wall: each panel encoded once, ready to be put into messages. A read
     of some panels keeps the others of `base` (the read before) as they were."""
 
-    def __init__(self, snapshot, base=None):
+    def __init__(self, snapshot, base=None, repository=None):
+        self.repository = repository  # as read with the whole wall; partial reads reuse it
         self.version = snapshot["version"]
         self.version_json = json.dumps(self.version)
         self.now_json = json.dumps(snapshot["now"])
@@ -93,12 +94,16 @@ def _read_wall(repository_name, kiosk_ids, panels=None, base=None):
 
     close_old_connections()
     try:
-        repository = None
-        if repository_name is not None:
+        partial = panels is not None and base is not None
+        repository = base.repository if partial else None
+        if repository is None and repository_name is not None:
+            # Read with the whole wall only: a change to the repository or its layout is
+            # not a build's or job's event, so it makes the next read a whole one.
             repository = Repository.objects.select_related("wall_layout").get(
                 name=repository_name)
         snapshot = wall_snapshot(repository, panels)
-        return WallState(snapshot, base if panels is not None else None), revoked_among(kiosk_ids)
+        state = WallState(snapshot, base if partial else None, repository)
+        return state, revoked_among(kiosk_ids)
     finally:
         close_old_connections()
 

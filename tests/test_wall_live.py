@@ -539,3 +539,23 @@ def test_a_change_re_reads_only_the_panels_its_kind_can_touch(demo):
     with mock.patch.object(snapshot, "wall_snapshot", reads):
         run(scenario)
     assert reads.call_args_list[0].args[1] is None  # the first read: the whole wall
+
+
+def test_publishing_remembers_a_repositorys_name_for_a_while(demo, monkeypatch,
+                                                            django_assert_num_queries):
+    """Events name their wall's group without a query each; a rename reaches the walls
+    after NAME_SECONDS at most (their heartbeat covers the meantime)."""
+    from radiators import events
+
+    clock = [1000.0]
+    monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(events, "_names", {})
+    with django_assert_num_queries(1):
+        assert events.repository_name(demo.pk) == "demo"
+        assert events.repository_name(demo.pk) == "demo"
+    type(demo).objects.filter(pk=demo.pk).update(name="renamed")
+    clock[0] += events.NAME_SECONDS - 1
+    assert events.repository_name(demo.pk) == "demo"
+    clock[0] += 2
+    assert events.repository_name(demo.pk) == "renamed"
+    assert events.repository_name(None) is None

@@ -30,6 +30,7 @@ def record_event(kind, *, subject=None, old="", new="", actor=None, message="", 
         raise ValueError(f"{kind}: old/new hold statuses, not {old!r} / {new!r}")
     from radiators.events import publish
 
+    scope = _scope(subject)
     event = Event.objects.create(
         kind=kind,
         old=old or "",
@@ -37,7 +38,9 @@ def record_event(kind, *, subject=None, old="", new="", actor=None, message="", 
         actor=actor if getattr(actor, "is_authenticated", False) else None,
         message=message,
         data=data or {},
-        **_scope(subject),
+        **scope,
     )
-    transaction.on_commit(partial(publish, event.pk))
+    transaction.on_commit(partial(publish, event.pk, kind=kind,
+                                  repository_id=scope.get("repository_id"),
+                                  on_train=scope.get("train_id") is not None))
     return event

@@ -14,7 +14,8 @@ from ._common import BRANCH_KINDS, ENDED, MAX_TILES, RECENT_WINDOW, RED, _iso, _
 
 def _branch_tiles(repository, builds, nodes, now):
     """One tile per branch that matters now: the default branch, a branch on a branch
-    node, a branch building. Returns (tiles, ids of the builds whose jobs they need)."""
+    node, a branch building. Returns (tiles, ids of the red builds whose jobs say whether
+    known flaky tests explain them)."""
     by_branch = defaultdict(list)
     for build in builds:
         by_branch[(build["repository__name"], build["branch"])].append(build)
@@ -35,8 +36,6 @@ def _branch_tiles(repository, builds, nodes, now):
             wanted.add(tile["build_id"])
             if window_full and tile["streak_open"]:
                 unfinished.append(tile)
-        if tile["running"]:
-            wanted.add(tile["running"]["build_id"])
         tiles.append(tile)
     if unfinished:
         _complete_streaks(unfinished)
