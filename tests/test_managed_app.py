@@ -400,3 +400,43 @@ def test_the_deployment_record_keeps_the_liveness_line(db, app, tmp_path, settin
     assert deployment.message.startswith(f"{app.v1} is live. live: pid ")
     assert f"holds port {row.app_port} and answered health with '{app.v1}'" in deployment.message
     assert f"server.py --port {row.app_port}`" in "".join(lines)  # $PORT from the node
+
+
+def _probe(state, port, path):
+    from nodes.deploy.app import APP_SCRIPT
+
+    return subprocess.run(["sh", "-c", APP_SCRIPT, "sh", "probe", str(state), str(port)],
+                          env={"PATH": path}, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_the_port_probe_sees_the_same_with_ss_and_with_proc_alone(tmp_path):
+    """ss is used where the node has it; a node without it reads /proc/net/tcp: both name
+    the process listening on the port (v4 and v6), and both see it free once it is gone."""
+    import shutil
+
+    tools = tmp_path / "no-ss"
+    tools.mkdir()
+    for tool in ("sh", "awk", "cat", "ls", "tr", "readlink", "tail", "wc", "printf"):
+        if shutil.which(tool):
+            (tools / tool).symlink_to(shutil.which(tool))
+    full = os.environ["PATH"]
+    assert shutil.which("ss", path=full), "the test needs ss (iproute2) for its first half"
+    port = free_port()
+    listener = subprocess.Popen([PY, "-c", (
+        "import socket, time\n"
+        f"a = socket.socket(); a.bind(('127.0.0.1', {port})); a.listen()\n"
+        f"b = socket.socket(socket.AF_INET6); b.bind(('::1', {port})); b.listen()\n"
+        "print('up', flush=True); time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline() == "up\n"
+        with_ss, without = _probe(tmp_path, port, full), _probe(tmp_path, port, str(tools))
+        assert with_ss == without
+        assert with_ss[0] == "app gone " and with_ss[1] == "port held"
+        assert with_ss[2].startswith(f"holder {listener.pid} ")
+        assert len(with_ss) == 3  # one holder, named once for its two sockets
+    finally:
+        listener.kill()
+        listener.wait()
+    wait_until(lambda: port_closed(port), message="the listener to go")
+    assert _probe(tmp_path, port, full)[1:] == _probe(tmp_path, port, str(tools))[1:] == ["port free"]

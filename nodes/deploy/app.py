@@ -4,8 +4,9 @@ failure or a success is described.
 Everything here runs on the node as one POSIX sh script, `APP_SCRIPT`, sent as an argument
 list like every command (the SSH transport quotes each argument): `sh -c APP_SCRIPT sh
 <action> <state folder> ...`. It needs only POSIX tools (sh, awk, cat, ls, readlink, tr,
-tail, wc) and `setsid` (util-linux or busybox), never ss, lsof or python, which a minimal
-node may lack.
+tail, wc) and `setsid` (util-linux or busybox); it uses `ss` where the node has it (a
+cheaper look at the listening sockets) and never lsof or python, which a minimal node
+may lack.
 
 - `start`: unless something holds the app port (then it says who, and starts nothing),
   `setsid` makes the app the leader of its own session and process group, stdin
@@ -17,8 +18,9 @@ node may lack.
   taken for the app.
 - `stop`: TERM to the app's process group, KILL after the grace if any of it is left.
 - `probe`: is the recorded app running, and who holds a listening TCP socket on a port:
-  /proc/net/tcp and tcp6 give the listening sockets' inodes, the `socket:[inode]` links in
-  /proc/*/fd their processes. A process of another user is not visible there ("hidden").
+  `ss` (else /proc/net/tcp and tcp6) gives the listening sockets' inodes, the
+  `socket:[inode]` links in /proc/*/fd their processes. A process of another user is not
+  visible there ("hidden").
 """
 
 import re
@@ -76,16 +78,29 @@ socket_pids() {
       if (index(inodes, " " s " ") && !(p in seen)) { seen[p] = 1; print p }
     }'
 }
-# `holders PORT [APP_PID]`: who listens on PORT.
-holders() {
+# `listening PORT`: the inodes of the TCP sockets listening on PORT, as " i1 i2 " (" ":
+# none); false if this node cannot tell. With ss (iproute2) the kernel lists only the
+# listening sockets; /proc/net/tcp also lists every connection on the host, TIME_WAIT
+# ones included, which cost a busy host most of each look.
+listening() {
+  if listed=$(ss -Hltne "sport = :$1" 2>/dev/null); then
+    printf '%s\n' "$listed" | awk '
+      { for (i = 1; i <= NF; i++) if ($i ~ /^ino:[0-9]+$/) printf " %s", substr($i, 5) }
+      END { printf " " }'
+    return 0
+  fi
   tables=
   for table in /proc/net/tcp /proc/net/tcp6; do [ -r "$table" ] && tables="$tables $table"; done
-  [ -n "$tables" ] || { echo "port unknown"; return 0; }
+  [ -n "$tables" ] || return 1
   # awk, not sh's `read` (a system call per byte): a busy host lists hundreds of sockets.
-  # Listening (state 0A) on the port -> the socket's inode (field 10), as " i1 i2 ".
-  inodes=$(awk -v port="$1" 'BEGIN { want = sprintf(":%04X", port) }
+  # Listening (state 0A) on the port -> the socket's inode (field 10).
+  awk -v port="$1" 'BEGIN { want = sprintf(":%04X", port) }
     $4 == "0A" && substr($2, length($2) - 4) == want { printf " %s", $10 }
-    END { printf " " }' $tables)
+    END { printf " " }' $tables
+}
+# `holders PORT [APP_PID]`: who listens on PORT.
+holders() {
+  inodes=$(listening "$1") || { echo "port unknown"; return 0; }
   [ "$inodes" != " " ] || { echo "port free"; return 0; }
   echo "port held"
   # Usually the app Trainyard started holds every listener: its own descriptors say so
