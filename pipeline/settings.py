@@ -347,10 +347,12 @@ TRAINYARD = {
     "MAX_COMMAND_BYTES": env_int("TRAINYARD_MAX_COMMAND_BYTES", 32 * 1024),
     "MAX_JOB_TIMEOUT": env_int("TRAINYARD_MAX_JOB_TIMEOUT", 2 * 3600),
     "WORKSPACE_MAX_BYTES": env_int("TRAINYARD_WORKSPACE_MAX_BYTES", 4 * 1024**3),
-    # A job's checkout is deleted this long after the job (pipeline/services/trash.py), and
-    # at once when more than WORKSPACE_TRASH_MAX_ENTRIES wait.
-    "WORKSPACE_TRASH_DELAY": env_int("TRAINYARD_WORKSPACE_TRASH_DELAY", 60),
-    "WORKSPACE_TRASH_MAX_ENTRIES": env_int("TRAINYARD_WORKSPACE_TRASH_MAX_ENTRIES", 100),
+    # A job's checkout is deleted when the worker runs no job and it is this old
+    # (pipeline/services/trash.py); at once beyond MAX_ENTRIES or below MIN_FREE_BYTES.
+    "WORKSPACE_TRASH_DELAY": env_int("TRAINYARD_WORKSPACE_TRASH_DELAY", 5),
+    "WORKSPACE_TRASH_MAX_ENTRIES": env_int("TRAINYARD_WORKSPACE_TRASH_MAX_ENTRIES", 200),
+    "WORKSPACE_TRASH_MIN_FREE_BYTES": env_int("TRAINYARD_WORKSPACE_TRASH_MIN_FREE_BYTES",
+                                              5 * 1024**3),
     "JOBS_PER_BUILD": env_int("TRAINYARD_JOBS_PER_BUILD", 4),
     "JOBS_PER_REPOSITORY": env_int("TRAINYARD_JOBS_PER_REPOSITORY", 8),
     # Git: a web request waits briefly, a worker longer; syncs skip a busy mirror.

@@ -1,5 +1,6 @@
 """A job's checkout leaves the job's path at once and is deleted later (trash): the
-rename, what is due, the bound on what waits, and the thread that deletes it."""
+rename, what is due, waiting while jobs run, the bound on what waits, and the thread
+that deletes it."""
 
 import json
 import shutil
@@ -32,9 +33,20 @@ def test_a_discarded_folder_leaves_its_path_at_once_and_goes_when_due(settings, 
     [entry] = entries()
     assert entry.name.split(".")[1] == "7" and (entry / "src" / "f0.txt").exists()
     made = int(entry.name.split(".")[0]) / 1e9
-    assert trash.empty(now=made + 59)[0] == 0 and entry.exists()
-    assert trash.empty(now=made + 61) == (1, None)
+    assert trash.empty(now=made + 59, idle=True)[0] == 0 and entry.exists()
+    assert trash.empty(now=made + 61, idle=False) == (0, None) and entry.exists()
+    assert trash.empty(now=made + 61, idle=True) == (1, None)
     assert not entry.exists()
+
+
+def test_due_entries_wait_until_no_job_runs(settings, tmp_path):
+    settings.TRAINYARD = {**settings.TRAINYARD, "WORKSPACE_TRASH_DELAY": 0}
+    with trash.job_running():
+        trash.discard(a_checkout(tmp_path / "workspaces" / "jobs" / "5"))
+        with trash.job_running():
+            pass  # another job ended; this one still runs
+        assert trash.empty() == (0, None) and len(entries()) == 1
+    wait_until(lambda: entries() == [], message="the janitor to empty the trash once idle")
 
 
 def test_the_oldest_go_at_once_beyond_the_bound(settings, tmp_path):
@@ -46,6 +58,10 @@ def test_the_oldest_go_at_once_beyond_the_bound(settings, tmp_path):
     assert sorted(e.name.split(".")[1] for e in entries()) == ["2", "3"]
     deleted, due_in = trash.empty()
     assert deleted == 0 and 3500 < due_in <= 3600
+    with trash.job_running():  # beyond the bound even while jobs run
+        trash.discard(a_checkout(tmp_path / "workspaces" / "jobs" / "4"))
+        wait_until(lambda: sorted(e.name.split(".")[1] for e in entries()) == ["3", "4"],
+                   message="the oldest to go while a job runs")
 
 
 def test_a_missing_folder_is_fine_and_leftovers_of_a_crash_are_swept(settings, tmp_path):
@@ -85,3 +101,14 @@ def test_a_real_builds_checkouts_leave_their_paths_and_are_deleted_later(worker,
     jobs = settings.TRAINYARD["WORKSPACE_DIR"] / "jobs"
     wait_until(lambda: not any(jobs.iterdir()), message="the jobs' paths to be free")
     wait_until(lambda: entries() == [], message="the trash to be emptied after its delay")
+
+
+def test_everything_goes_at_once_when_the_disk_runs_short(settings, tmp_path):
+    settings.TRAINYARD = {**settings.TRAINYARD, "WORKSPACE_TRASH_DELAY": 3600}
+    with trash.job_running():
+        for i in range(2):
+            trash.discard(a_checkout(tmp_path / "workspaces" / "jobs" / str(i)))
+        assert trash.empty() == (0, None) and len(entries()) == 2
+        free = shutil.disk_usage(tmp_path).free
+        settings.TRAINYARD = {**settings.TRAINYARD, "WORKSPACE_TRASH_MIN_FREE_BYTES": free * 2}
+        assert trash.empty()[0] == 2 and entries() == []

@@ -19,7 +19,7 @@ from django.utils import timezone
 from nodes.transports import TransportError
 from pipeline import sandbox
 from pipeline.models import Build, Job, Repository, TestResult
-from pipeline.services import git
+from pipeline.services import git, trash
 from pipeline.services.builds import enqueue_jobs, finish_build_if_done
 from pipeline.services.heartbeat import Heartbeat
 from pipeline.services.junit import ReportError, parse_junit
@@ -46,6 +46,11 @@ def expand_variables(argv, env):
 
 def run_job(job_id):
     """Claim a queued job, run it, store the outcome, move the build on."""
+    with trash.job_running():
+        return _run_job(job_id)
+
+
+def _run_job(job_id):
     job = Job.objects.select_related("build__repository").filter(pk=job_id).first()
     if job is None:
         return None
