@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 
 from channels.layers import get_channel_layer
 
@@ -29,39 +28,25 @@ def group_for(repository_name):
     return ALL_GROUP if repository_name is None else f"radiator.{repository_name}"
 
 
-def publish(event_id, *, kind, repository_id, on_train):
+def publish(event_id, *, kind, repository_id, on_train, repository_name=None):
     """Tell the walls of an Event's repository, and the all-repositories wall, to refresh.
 
     The kind and whether it concerns a train come with the message: the hubs re-read only
-    the panels such a change can touch. A wall that misses a message catches up on its
-    next heartbeat, so a failure here is logged, never raised into the code that
-    committed the change.
+    the panels such a change can touch. The repository's name (its walls' group) is read
+    unless the caller had it at hand. A wall that misses a message catches up on its next
+    heartbeat, so a failure here is logged, never raised into the code that committed
+    the change.
     """
+    from pipeline.models import Repository
+
     try:
-        send_to_walls(repository_name(repository_id),
+        if repository_name is None and repository_id is not None:
+            repository_name = (Repository.objects.filter(pk=repository_id)
+                               .values_list("name", flat=True).first())
+        send_to_walls(repository_name,
                       {"type": CHANGED, "event": event_id, "kind": kind, "train": on_train})
     except Exception:
         logger.exception("could not publish event %s", event_id)
-
-
-NAME_SECONDS = 60.0
-_names = {}  # repository id -> (name, when read)
-
-
-def repository_name(repository_id):
-    """The name of a repository (its walls' group), remembered for NAME_SECONDS: a build
-    publishes dozens of events, and a renamed repository's walls heal on their heartbeat
-    meanwhile. None for no repository (the all-repositories wall only)."""
-    from pipeline.models import Repository
-
-    if repository_id is None:
-        return None
-    now = time.monotonic()
-    name, read_at = _names.get(repository_id, (None, 0.0))
-    if name is None or now - read_at > NAME_SECONDS:
-        name = Repository.objects.filter(pk=repository_id).values_list("name", flat=True).first()
-        _names[repository_id] = (name, now)
-    return name
 
 
 def wall_changed(repository_name=None):

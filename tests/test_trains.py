@@ -133,7 +133,7 @@ def test_a_force_skips_the_waiting_for_answers(world, people):
     train = trains.start_train(world.repository)
     trains.force(train, manager, "hotfix for the outage")  # before the authors are asked
     wait_for_train(train, T.DEPLOYED, T.FAILED, timeout=180)
-    assert train.status == T.DEPLOYED
+    assert train.status == T.DEPLOYED, train.message
     assert not Approval.objects.filter(train=train).exists()
     assert train.forced_by == manager
 

@@ -23,7 +23,7 @@ from django.test import Client
 
 from pipeline.asgi import application
 from pipeline.models import Build, Event, Job
-from pipeline.services.events import record_event
+from pipeline.services.events import record_event, repository_name_at_hand
 from pipeline.statemachine import transition
 from radiators import hub as hub_module
 from radiators import kiosk
@@ -541,21 +541,23 @@ def test_a_change_re_reads_only_the_panels_its_kind_can_touch(demo):
     assert reads.call_args_list[0].args[1] is None  # the first read: the whole wall
 
 
-def test_publishing_remembers_a_repositorys_name_for_a_while(demo, monkeypatch,
-                                                            django_assert_num_queries):
-    """Events name their wall's group without a query each; a rename reaches the walls
-    after NAME_SECONDS at most (their heartbeat covers the meantime)."""
+def test_an_event_names_its_wall_without_a_query_when_its_repository_is_loaded(
+        demo, django_assert_num_queries):
+    """A worker's job comes with its build and repository: its events name the wall from
+    them. Otherwise the name is read when publishing, so a renamed repository's events go
+    to its new wall at once."""
     from radiators import events
 
-    clock = [1000.0]
-    monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(events, "_names", {})
-    with django_assert_num_queries(1):
-        assert events.repository_name(demo.pk) == "demo"
-        assert events.repository_name(demo.pk) == "demo"
-    type(demo).objects.filter(pk=demo.pk).update(name="renamed")
-    clock[0] += events.NAME_SECONDS - 1
-    assert events.repository_name(demo.pk) == "demo"
-    clock[0] += 2
-    assert events.repository_name(demo.pk) == "renamed"
-    assert events.repository_name(None) is None
+    build = BuildFactory(repository=demo, commit=CommitFactory(repository=demo))
+    job = Job.objects.select_related("build__repository").get(pk=JobFactory(build=build).pk)
+    sent = []
+    with mock.patch.object(events, "send_to_walls", lambda name, message: sent.append(name)):
+        with django_assert_num_queries(0):
+            events.publish(1, kind="job.status", repository_id=demo.pk, on_train=False,
+                           repository_name=repository_name_at_hand(job))
+        type(demo).objects.filter(pk=demo.pk).update(name="renamed")
+        bare_job = Job.objects.get(pk=job.pk)
+        assert repository_name_at_hand(bare_job) is None
+        events.publish(2, kind="job.status", repository_id=demo.pk, on_train=False,
+                       repository_name=repository_name_at_hand(bare_job))
+    assert sent == ["demo", "renamed"]

@@ -22,6 +22,23 @@ def _scope(subject):
     return scope() if callable(scope) else {}
 
 
+def repository_name_at_hand(subject):
+    """The subject's repository name when it is loaded already (a job with its build and
+    repository, as a worker reads it; a build or train with its repository): then
+    publishing needs no query. None: publish reads it."""
+    from pipeline.models import Build, DeployTrain, Job, Repository
+
+    if isinstance(subject, Job):
+        if not Job.build.is_cached(subject):
+            return None
+        subject = subject.build
+    if isinstance(subject, (Build, DeployTrain)):
+        if not type(subject).repository.is_cached(subject):
+            return None
+        subject = subject.repository
+    return subject.name if isinstance(subject, Repository) else None
+
+
 def record_event(kind, *, subject=None, old="", new="", actor=None, message="", data=None):
     """`old` and `new` are statuses (short words); anything else goes in `data`."""
     from pipeline.models import Event
@@ -42,5 +59,6 @@ def record_event(kind, *, subject=None, old="", new="", actor=None, message="", 
     )
     transaction.on_commit(partial(publish, event.pk, kind=kind,
                                   repository_id=scope.get("repository_id"),
+                                  repository_name=repository_name_at_hand(subject),
                                   on_train=scope.get("train_id") is not None))
     return event
