@@ -1,6 +1,7 @@
 """Helpers shared by the tests: waiting on conditions, real git repositories, free ports."""
 
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -59,10 +60,23 @@ def port_closed(port):
     return False
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for port 0 is
+# also the local port of the next outgoing connection, so an app told to listen on it a
+# few seconds later could find it taken by a health check or a database connection.
+_PORTS = range(20000, 32000)
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on or connects from now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-31999")
 
 
 class GitRepo:
