@@ -79,13 +79,14 @@ def empty(now=None, idle=None):
     delay = float(limits["WORKSPACE_TRASH_DELAY"])
     now_ns = time.time_ns() if now is None else int(now * 1e9)
     idle = _running == 0 if idle is None else idle
+    folder = trash_dir()
     try:
-        entries = sorted(_dated(os.scandir(trash_dir())))
+        entries = sorted(_dated(os.scandir(folder)))
     except FileNotFoundError:
         return 0, None
     deleted = 0
     excess = max(0, len(entries) - int(limits["WORKSPACE_TRASH_MAX_ENTRIES"]))
-    if entries and shutil.disk_usage(trash_dir()).free < limits["WORKSPACE_TRASH_MIN_FREE_BYTES"]:
+    if entries and shutil.disk_usage(folder).free < limits["WORKSPACE_TRASH_MIN_FREE_BYTES"]:
         excess = len(entries)
     for index, (made_ns, path) in enumerate(entries):
         if index >= excess:
